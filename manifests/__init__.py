@@ -1,0 +1,1 @@
+"""Per-dataset facts the builds check against (counts, splits); shipped as package data."""

@@ -1,0 +1,1 @@
+"""Named build pipelines (one TOML file per build); shipped as package data."""
