@@ -59,3 +59,72 @@ class Sample:
     @property
     def has_parameters(self) -> bool:
         return self.pose_para is not None and self.shape_para is not None and self.exp_para is not None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One entry of a dataset listing, before anything is read.
+
+    ``paths`` are the files the sample depends on (their sizes and
+    modification times fingerprint the unit of work that reads them).
+    """
+
+    name: str
+    subset: str
+    paths: tuple
+    flipped: bool = False
+    source_id: str = ""
+
+
+class DatasetReader:
+    """Base class of the readers: locate the dataset, list items, load one.
+
+    Subclasses set ``name`` (command-line name), ``folder_name`` (the folder
+    of the official download, e.g. ``300W_LP``), ``expected_children`` (glob
+    patterns that identify the dataset folder) and ``how_to_get`` (shown when the root
+    is wrong), and implement :meth:`items` and :meth:`load`.
+    """
+
+    name = ""
+    folder_name = ""
+    expected_children: tuple = ()
+    how_to_get = ""
+
+    def __init__(self, root, **options):
+        self.root = self.locate(root)
+        self.options = options
+
+    @classmethod
+    def locate(cls, root) -> Path:
+        """Accept the dataset folder itself or its parent; else a clear error."""
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise DatasetError(f"{root}: no such directory (expected the {cls.folder_name} folder or its parent). {cls.how_to_get}")
+        for candidate in (root, root / cls.folder_name):
+            if candidate.is_dir() and any(next(candidate.glob(c), None) is not None for c in cls.expected_children):
+                return candidate
+        raise DatasetError(
+            f"{root}: does not look like {cls.folder_name}: expected it (or a {cls.folder_name}/ folder inside it) "
+            f"to contain {', '.join(cls.expected_children)}. {cls.how_to_get}"
+        )
+
+    def items(self) -> list[Item]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, item: Item) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def samples(self):
+        """Every loadable sample (bad ones raise DatasetError)."""
+        for item in self.items():
+            yield self.load(item)
+
+    def synthetic_marker(self) -> dict | None:
+        """The ``SYNTHETIC.json`` of a tree written by ``dhm-data synth``, if any."""
+        import json
+
+        for d in (self.root, self.root.parent):
+            p = d / "SYNTHETIC.json"
+            if p.is_file():
+                return json.loads(p.read_text())
+        return None

@@ -1,0 +1,113 @@
+"""AFLW2000-3D reader (Zhu et al. 2016), the large-pose test set.
+
+Layout: ``AFLW2000/image0xxxx.jpg + .mat`` (CONVENTIONS.md section 2), in
+sorted file-name order, the order of every published benchmark.  Labels:
+
+* ``annotation="original"`` (default): ``pt3d_68`` (3, 68), 1-based x, y
+  converted to 0-based; 2D landmarks are its x, y; 3D landmarks are it whole.
+* ``annotation="reannotated"``: the LS3D-W re-annotation (Bulat &
+  Tzimiropoulos 2017), ``<name>.t7`` (68x2, already 0-based) from the folder
+  given as option ``reannotated_dir`` (default: an
+  ``LS3D-W/AFLW2000-3D-Reannotated`` or ``AFLW2000-3D-Reannotated`` folder beside
+  the dataset); 3D landmarks stay ``pt3d_68``'s.
+
+``pt2d`` is the AFLW 21-point set with invisible points stored as -1: it is
+kept in ``extra["pt2d_21"]`` (1-based, untouched) and never used as a 68-point
+label.  ``roi`` is in the original AFLW frame and not a face box: ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import camera
+from ..imageio import image_size
+from .base import DatasetError, DatasetReader, Item, Sample
+from .matfile import field, load_mat
+
+
+class Reader(DatasetReader):
+    name = "aflw2000"
+    folder_name = "AFLW2000"
+    expected_children = ("image*.mat", "image*.jpg")
+    how_to_get = (
+        "AFLW2000-3D is distributed by the 3DDFA authors (AFLW2000-3D.zip); unpack it so that "
+        "AFLW2000/image00002.jpg and .mat exist, or run `dhm-data synth aflw2000` for synthetic data."
+    )
+
+    def items(self) -> list[Item]:
+        stems = sorted({p.stem for p in self.root.glob("image*") if p.suffix.lower() in (".jpg", ".mat")})
+        out = []
+        for stem in stems:
+            paths = [self.root / f"{stem}.jpg", self.root / f"{stem}.mat"]
+            if self.annotation == "reannotated":
+                paths.append(self.reannotated_dir / f"{stem}.t7")
+            out.append(Item(stem, "AFLW2000", tuple(paths), False, stem))
+        return out
+
+    @property
+    def annotation(self) -> str:
+        a = self.options.get("annotation", "original")
+        if a not in ("original", "reannotated"):
+            raise DatasetError(f"aflw2000: annotation {a!r}; expected 'original' or 'reannotated'")
+        return a
+
+    @property
+    def reannotated_dir(self) -> Path:
+        d = self.options.get("reannotated_dir")
+        candidates = [Path(d)] if d else [
+            self.root.parent / "LS3D-W" / "AFLW2000-3D-Reannotated",
+            self.root.parent / "AFLW2000-3D-Reannotated",
+        ]
+        for c in candidates:
+            if c.is_dir():
+                return c
+        raise DatasetError(
+            "aflw2000: the re-annotated labels were asked for but no folder was found; looked in "
+            + ", ".join(str(c) for c in candidates)
+            + " (give reannotated_dir, the LS3D-W/AFLW2000-3D-Reannotated folder)"
+        )
+
+    def load(self, item: Item) -> Sample:
+        image_path, mat_path = item.paths[0], item.paths[1]
+        if not image_path.is_file():
+            raise DatasetError(f"{image_path}: image file is missing (its labels {mat_path.name} exist)")
+        mat = load_mat(mat_path)
+        pt3d = camera.one_based_to_zero_based(field(mat, mat_path, "pt3d_68", (3, 68)).T)
+        pose = field(mat, mat_path, "Pose_Para", (1, 7)).ravel()
+        shape = field(mat, mat_path, "Shape_Para", (199, 1)).ravel()
+        exp = field(mat, mat_path, "Exp_Para", (29, 1)).ravel()
+        pt2d_21 = field(mat, mat_path, "pt2d", (2, 21), finite=False)
+        lm2d, source = pt3d[:, :2].copy(), "pt3d_68"
+        if self.annotation == "reannotated":
+            from ..t7 import read_t7
+
+            t7 = item.paths[2]
+            if not t7.is_file():
+                raise DatasetError(f"{t7}: re-annotated label file is missing")
+            lm2d, source = _check_68x2(read_t7(t7), t7), "LS3D-W re-annotation (t7)"
+        return Sample(
+            name=item.name,
+            subset=item.subset,
+            image_path=image_path,
+            landmarks_2d=lm2d,
+            landmarks_3d=pt3d,
+            pose_para=pose,
+            shape_para=shape,
+            exp_para=exp,
+            image_size=image_size(image_path),
+            source_id=item.source_id,
+            landmark_source=source,
+            extra={"pt2d_21": pt2d_21, "yaw_deg": float(camera.yaw_degrees(pose))},
+        )
+
+
+def _check_68x2(a, path):
+    import numpy as np
+
+    a = np.asarray(a, np.float64)
+    if a.shape != (68, 2):
+        raise DatasetError(f"{path}: landmark tensor has shape {a.shape}, expected (68, 2)")
+    if not np.all(np.isfinite(a)):
+        raise DatasetError(f"{path}: landmark tensor holds NaN/inf")
+    return a

@@ -1,0 +1,158 @@
+"""300W-LP reader (Zhu et al. 2016, the 3DDFA training set).
+
+Layout (CONVENTIONS.md section 1): ``300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/
+<name>.jpg + <name>.mat`` and ``landmarks/<SUBSET>/<name>_pts.mat``.  Names end
+in the pose-augmentation step ``k`` (``_0`` is the original photo).
+
+Which 2D landmarks (option ``landmarks``, recorded per sample as
+``landmark_source``):
+
+* ``"auto"`` (default): ``landmarks/*/<name>_pts.mat`` ``pts_3d`` (the 2D
+  projection of the 3D landmarks, the same kind of label as AFLW2000-3D's
+  ``pt3d_68`` the models are tested on) when the file exists; otherwise the
+  per-image ``pt2d`` for ``k = 0``; a rotated sample (``k > 0``) without a
+  landmarks file is rejected, because its ``pt2d`` is copied from the original
+  photo, not warped.
+* ``"pts_3d"`` / ``"pts_2d"``: that array of the landmarks file, required.
+* ``"pt2d"``: the per-image ``pt2d`` (only right for ``k = 0``).
+
+Mirrored copies (``*_Flip``): labels are read for the mirrored image (from
+``landmarks/<SUBSET>_Flip/`` when that folder exists, else the original's
+landmarks file mirrored, ``x -> W - 1 - x``), then re-ordered with the
+68-point mirror permutation so that every index keeps its iBUG meaning in
+image terms (point 0 is always the jaw end on the image's left).  The 3DMM
+parameters of a mirrored sample are the original photo's (read from the
+sibling non-flipped ``.mat``) with ``mirror_width`` set, so the 3D landmarks
+are reconstructed from them and mirrored the same way; where the sibling is
+absent the ``_Flip`` file's own parameters are used.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .. import camera
+from ..imageio import image_size
+from .base import DatasetError, DatasetReader, Item, Sample
+from .matfile import field, load_mat
+
+SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
+_STEP = re.compile(r"^(?P<source>.+)_(?P<k>\d+)$")
+
+
+def mirror_permutation() -> np.ndarray:
+    from ..landmarks68 import MIRROR_68
+
+    return np.asarray(MIRROR_68)
+
+
+class Reader(DatasetReader):
+    name = "300wlp"
+    folder_name = "300W_LP"
+    expected_children = SUBSETS + tuple(s + "_Flip" for s in SUBSETS)
+    how_to_get = (
+        "300W-LP is distributed by the 3DDFA authors (Zhu et al., 'Face Alignment Across Large Poses'); "
+        "unpack 300W-LP.zip so that 300W_LP/AFW, 300W_LP/HELEN, ... exist, or run `dhm-data synth 300wlp` for synthetic data."
+    )
+
+    @property
+    def landmark_option(self) -> str:
+        opt = self.options.get("landmarks", "auto")
+        if opt not in ("auto", "pts_3d", "pts_2d", "pt2d"):
+            raise DatasetError(f"300wlp: landmarks option {opt!r}; expected auto, pts_3d, pts_2d or pt2d")
+        return opt
+
+    def items(self) -> list[Item]:
+        out = []
+        for base in SUBSETS:
+            for subset, flipped in ((base, False), (base + "_Flip", True)):
+                d = self.root / subset
+                if not d.is_dir():
+                    continue
+                stems = sorted({p.stem for p in d.iterdir() if p.suffix.lower() in (".jpg", ".mat")})
+                for stem in stems:
+                    m = _STEP.match(stem)
+                    source = f"{base}/{m.group('source') if m else stem}"
+                    paths = [d / f"{stem}.jpg", d / f"{stem}.mat"]
+                    lm = self._landmark_file(subset, stem)
+                    if lm is not None:
+                        paths.append(lm)
+                    if flipped:
+                        paths.append(self.root / base / f"{stem}.mat")
+                    out.append(Item(f"{subset}/{stem}", subset, tuple(paths), flipped, source))
+        return out
+
+    def _landmark_file(self, subset: str, stem: str) -> Path | None:
+        base = subset.removesuffix("_Flip")
+        for folder in dict.fromkeys((subset, base)):
+            p = self.root / "landmarks" / folder / f"{stem}_pts.mat"
+            if p.is_file():
+                return p
+        return None
+
+    def load(self, item: Item) -> Sample:
+        subset_dir = self.root / item.subset
+        stem = item.name.split("/", 1)[1]
+        image_path = subset_dir / f"{stem}.jpg"
+        mat_path = subset_dir / f"{stem}.mat"
+        if not image_path.is_file():
+            raise DatasetError(f"{image_path}: image file is missing (its labels {mat_path.name} exist)")
+        mat = load_mat(mat_path)
+        m = _STEP.match(stem)
+        k = int(m.group("k")) if m else 0
+        base = item.subset.removesuffix("_Flip")
+
+        lm_file = self._landmark_file(item.subset, stem)
+        opt = self.landmark_option
+        if opt in ("pts_3d", "pts_2d") or (opt == "auto" and lm_file is not None):
+            key = "pts_3d" if opt in ("auto", "pts_3d") else "pts_2d"
+            if lm_file is None:
+                raise DatasetError(f"{self.root / 'landmarks' / base / (stem + '_pts.mat')}: landmarks file is missing (needed for {key})")
+            pts = field(load_mat(lm_file), lm_file, key, (68, 2), allow_transposed=True)
+            mirror_here = item.flipped and lm_file.parent.name == base
+            source = f"landmarks/{key}"
+        elif opt == "pt2d" or k == 0:
+            pts = field(mat, mat_path, "pt2d", (2, 68)).T
+            mirror_here = False
+            source = "pt2d"
+        else:
+            raise DatasetError(
+                f"{mat_path}: rotated sample (k={k}) and no landmarks/{base}/{stem}_pts.mat: its pt2d is copied from "
+                "the original photo, not warped, so it cannot be used"
+            )
+        h, w = image_size(image_path)
+        pts = camera.one_based_to_zero_based(pts)
+        if mirror_here:
+            pts[:, 0] = w - 1 - pts[:, 0]
+            source += " (mirrored)"
+        if item.flipped:
+            pts = pts[mirror_permutation()]
+
+        params_mat, params_path, mirror_width = mat, mat_path, None
+        sibling = self.root / base / f"{stem}.mat"
+        if item.flipped and sibling.is_file():
+            params_mat, params_path, mirror_width = load_mat(sibling), sibling, w
+        pose = field(params_mat, params_path, "Pose_Para", (1, 7)).ravel()
+        shape = field(params_mat, params_path, "Shape_Para", (199, 1)).ravel()
+        exp = field(params_mat, params_path, "Exp_Para", (29, 1)).ravel()
+        if mirror_width is None and item.flipped:
+            yaw = camera.yaw_degrees(pose)
+        else:
+            yaw = -camera.yaw_degrees(pose) if item.flipped else camera.yaw_degrees(pose)
+        return Sample(
+            name=item.name,
+            subset=item.subset,
+            image_path=image_path,
+            landmarks_2d=pts,
+            pose_para=pose,
+            shape_para=shape,
+            exp_para=exp,
+            image_size=(h, w),
+            flipped=item.flipped,
+            source_id=item.source_id,
+            landmark_source=source,
+            extra={"mirror_width": mirror_width, "yaw_deg": float(yaw), "k": k},
+        )

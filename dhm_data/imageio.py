@@ -1,0 +1,64 @@
+"""Image file helpers: header-only size probing and decoding to RGB.
+
+Decoded images are ``(H, W, 3)`` uint8 **RGB** (OpenCV decodes BGR; we convert
+here, once).  ``decode_reduced`` uses libjpeg's DCT scaling
+(``IMREAD_REDUCED_COLOR_{2,4,8}``) when the caller needs fewer pixels; its
+pixel ``p`` covers source pixels ``[r p, r (p + 1))``, so its centre is at
+source coordinate ``r p + (r - 1) / 2`` (0-based pixel centres).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .datasets.base import DatasetError
+
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header (JPEG SOF or PNG IHDR) without
+    decoding; falls back to a full decode for other formats."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+                w, h = struct.unpack(">II", head[16:24])
+                return int(h), int(w)
+            if head[:2] == b"\xff\xd8":
+                data = head + f.read()
+                i = 2
+                while i + 9 < len(data):
+                    if data[i] != 0xFF:
+                        i += 1
+                        continue
+                    marker = data[i + 1]
+                    if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                        i += 1 if marker == 0xFF else 2
+                        continue
+                    (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
+                    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                        h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                        return int(h), int(w)
+                    i += 2 + seg_len
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot open image ({e})") from e
+    img = decode_rgb(path)
+    return img.shape[:2]
+
+
+def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
+    """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8."""
+    path = Path(path)
+    buf = np.fromfile(path, np.uint8) if path.is_file() else None
+    if buf is None:
+        raise DatasetError(f"{path}: image file is missing")
+    img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
+    if img is None:
+        raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
