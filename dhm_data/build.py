@@ -1,0 +1,246 @@
+"""``dhm-data build``: the I/O and parallel edge around the pure prepare step.
+
+Flow: read the pipeline -> scan the raw dataset (reader.items) -> check counts
+against ``manifests/`` -> split -> [fit stage: 3DMM parameters per shard] ->
+prepare stage: per shard, load + decode + crop + DHM + write an HDF5 shard ->
+summary (``build.json``), rejections, mean-shape DHM.  See :mod:`dhm_data.runner`
+for resumability and :mod:`dhm_data.layout` for the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, atomic
+from .datasets import DatasetError, get_reader
+from .datasets.base import DatasetReader, Item
+from .expected import assign_split, check_counts, load_manifest
+from .layout import BuildLayout
+from .morphable import MorphableModel
+from .pipeline import load_pipeline
+from .prepare import PrepareConfig, PrepareError, check_landmarks, mean_shape_dhm, posed_landmarks, prepare_sample, sample_affine
+from .runner import BuildLock, Unit, fingerprint, run_units
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on (or, with --strict, a sample was rejected)."""
+
+
+@dataclass
+class BuildRequest:
+    pipeline: str
+    root: Path
+    out: Path
+    bfm: Path | None = None
+    jobs: int = 1
+    backend: str = "loky"
+    strict: bool = False
+    overrides: dict = field(default_factory=dict)
+    progress: bool = True
+    limit: int | None = None
+
+
+def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
+    """``--bfm`` if given; else the model a synthetic tree records; else an
+    error (real data needs the user's Basel Face Model)."""
+    if bfm is not None:
+        from .model_io import load_model
+
+        return load_model(bfm)
+    marker = reader.synthetic_marker()
+    if marker is not None:
+        from .synthetic_model import load_synthetic_model
+
+        return load_synthetic_model()
+    raise BuildError(
+        f"{reader.root}: --bfm is required for real data (a Basel Face Model file or folder, e.g. 01_MorphableModel.mat "
+        "with the 3DDFA expression model, face3d's BFM.mat, 3DDFA_V2's bfm_noneck_v3.pkl or the 68-row text subset); "
+        "only trees written by `dhm-data synth` bring their own model"
+    )
+
+
+def plan(req: BuildRequest):
+    """Everything decided before any work: config, reader, items, splits."""
+    cfg = load_pipeline(req.pipeline, req.overrides)
+    reader = get_reader(cfg["build"]["reader"])(req.root, **cfg.get("reader", {}))
+    items = reader.items()
+    if not items:
+        raise DatasetError(f"{reader.root}: no samples found. {reader.how_to_get}")
+    if req.limit:
+        items = items[: req.limit]
+    manifest = load_manifest(reader.name)
+    marker = reader.synthetic_marker()
+    count_problems = [] if req.limit else check_counts(items, manifest, marker)
+    splits = assign_split(items, cfg["build"]["split"], manifest)
+    return cfg, reader, items, manifest, count_problems, splits
+
+
+def _chunks(items, size):
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_build(req: BuildRequest, echo=print) -> dict:
+    """Run (or resume) a build; returns the summary also written to build.json."""
+    layout = BuildLayout(req.out)
+    cfg, reader, items, manifest, count_problems, splits = plan(req)
+    for p in count_problems:
+        echo(f"warning: count mismatch: {p}")
+    if count_problems and req.strict:
+        raise BuildError("--strict: the scan disagrees with the manifest: " + "; ".join(count_problems))
+    model = resolve_model(req.bfm, reader)
+    lm_model = model.landmark_model()
+    config = PrepareConfig.from_pipeline(cfg)
+    shard_size = int(cfg["shards"]["size"])
+    with BuildLock(layout):
+        atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
+        _cache_model(layout, lm_model)
+        fits = {}
+        if "fit" in cfg["build"]["stages"]:
+            fits = _run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req)
+        units = []
+        for split, split_items in splits.items():
+            for i, chunk in enumerate(_chunks(split_items, shard_size)):
+                out = layout.shard(split, i)
+                fit_file = fits.get((split, i))
+                attrs = {
+                    "dataset": reader.name,
+                    "split": split,
+                    "shard_index": i,
+                    "pipeline": json.dumps(cfg, sort_keys=True),
+                    "package_version": __version__,
+                    "model": model.name,
+                }
+                params = {"stage": "prepare", "cfg": cfg, "model": _model_digest(lm_model), "version": __version__}
+                fp = fingerprint(params, [p for it in chunk for p in it.paths] + ([fit_file] if fit_file else []))
+                units.append(Unit("prepare", f"{split}/{layout.shard_name(i)}", fp, [out],
+                                  (reader, chunk, lm_model, config, out, attrs, fit_file), n=len(chunk)))
+        results = run_units(layout, units, prepare_shard, jobs=req.jobs, backend=req.backend,
+                            desc=f"build {cfg['name']}", progress=req.progress)
+        summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits)
+        np.save(layout.mean_dhm, mean_shape_dhm(lm_model, config)) if not layout.mean_dhm.exists() else None
+    n_rej = summary["rejected"]
+    if n_rej and req.strict:
+        raise BuildError(f"--strict: {n_rej} samples were rejected; see {layout.rejections}")
+    return summary
+
+
+def _model_digest(model: MorphableModel) -> str:
+    import hashlib
+
+    h = hashlib.sha256(model.name.encode())
+    for a in (model.mean, model.identity_basis, model.expression_basis, model.identity_std, model.expression_std):
+        h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_model(layout: BuildLayout, lm_model: MorphableModel) -> None:
+    try:
+        from .model_io.compact import save_compact
+    except ImportError:
+        return
+    save_compact(lm_model, layout.model_cache)
+
+
+def _run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req) -> dict:
+    from .fit_stage import fit_units, fit_shard
+
+    units = fit_units(layout, reader, lm_model, cfg, splits, shard_size)
+    run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm", progress=req.progress)
+    return {u.meta["key"]: Path(u.outputs[0]) for u in units}
+
+
+def _summarise(layout, cfg, reader, model, units, results, count_problems, splits) -> dict:
+    rejections = [r for u in units for r in results[u.name]["rejections"]]
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejections)
+    atomic.write_bytes(layout.rejections, lines.encode())
+    per_split = Counter()
+    for u in units:
+        per_split[u.name.split("/")[0]] += results[u.name]["written"]
+    reasons = Counter(r["reason"].split(":")[0] for r in rejections)
+    summary = {
+        "dataset": reader.name,
+        "pipeline": cfg,
+        "root": str(reader.root),
+        "model": model.name,
+        "package_version": __version__,
+        "scanned": sum(len(v) for v in splits.values()),
+        "written": dict(per_split),
+        "rejected": len(rejections),
+        "rejection_reasons": dict(reasons),
+        "count_mismatches": count_problems,
+        "shards": [u.name for u in units],
+        "label_sources": dict(sum((Counter(results[u.name]["label_sources"]) for u in units), Counter())),
+    }
+    atomic.write_json(layout.summary, summary)
+    return summary
+
+
+# ------------------------------------------------------------------ worker side
+def prepare_shard(payload) -> dict:
+    """Worker: prepare every sample of one shard and write the shard file.
+
+    Returns metadata only: counts, rejections (name, path, reason), label sources.
+    """
+    from .imageio import decode_rgb
+    from .crop import affine_for_reduced, choose_reduction, warp_crop
+    from .shards import write_shard
+
+    reader, items, lm_model, config, out, attrs, fit_file = payload
+    fits = _load_fits(fit_file) if fit_file else None
+    rows, rejections, sources = [], [], Counter()
+    for item in items:
+        try:
+            sample = reader.load(item)
+            label_source, residual, converged = "label", np.nan, True
+            if fits is not None:
+                if item.name not in fits:
+                    raise PrepareError("no fitted parameters for this sample in the fit stage output")
+                f = fits[item.name]
+                sample.pose_para, sample.shape_para, sample.exp_para = f["pose_para"], f["shape_para"], f["exp_para"]
+                label_source, residual, converged = "fitted", f["residual"], f["converged"]
+            A = sample_affine(sample, config)
+            r = choose_reduction(A)
+            image = decode_rgb(sample.image_path, r)
+            h, w = sample.image_size or (image.shape[0] * r, image.shape[1] * r)
+            check_landmarks(sample, (h, w))
+            if sample.landmarks_3d is not None:
+                lm3 = sample.landmarks_3d
+            elif sample.pose_para is not None and sample.shape_para is not None:
+                lm3 = posed_landmarks(lm_model, sample.pose_para, sample.shape_para, sample.exp_para, h,
+                                      sample.extra.get("mirror_width"))
+            else:
+                raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
+            crop = warp_crop(image, affine_for_reduced(A, r), config.crop_size)
+            rows.append(prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged))
+            sources[sample.landmark_source] += 1
+        except (DatasetError, PrepareError) as e:
+            rejections.append({"name": item.name, "path": str(item.paths[0]), "stage": "prepare", "reason": str(e)})
+    columns = _stack(rows)
+    write_shard(out, columns, dict(attrs, n_samples=len(rows), n_rejected=len(rejections)))
+    return {"written": len(rows), "rejections": rejections, "label_sources": dict(sources)}
+
+
+def _stack(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    cols = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        cols[k] = np.array(vals, dtype=object) if isinstance(vals[0], str) else np.stack([np.asarray(v) for v in vals])
+    return cols
+
+
+def _load_fits(path) -> dict:
+    from .fit_io import read_fits
+
+    f = read_fits(path)
+    return {
+        str(n): {"pose_para": f["pose_para"][i], "shape_para": f["shape_para"][i], "exp_para": f["exp_para"][i],
+                 "residual": float(f["residual"][i]), "converged": bool(f["converged"][i])}
+        for i, n in enumerate(f["names"])
+    }

@@ -1,0 +1,112 @@
+"""``dhm-data build``, ``status`` and ``verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..datasets import DatasetError
+from ..layout import BuildLayout
+from ..pipeline import PipelineError, available_pipelines
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e)) from e
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("pipeline", metavar="NAME")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Raw dataset folder (or its parent).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Build folder [default: out/NAME].")
+@click.option("--bfm", type=click.Path(path_type=Path), default=None,
+              help="Morphable model file or folder (format detected). Required for real data; synthetic trees bring their own.")
+@click.option("--jobs", "-j", type=int, default=1, help="Worker processes (joblib), shards run in parallel.")
+@click.option("--backend", default="loky", help="joblib backend: loky (local processes), dask, ray, ...")
+@click.option("--strict", is_flag=True, help="Fail on any rejected sample or manifest count mismatch.")
+@click.option("--crop-size", type=int, default=None, help="Override [crop] size (pixels).")
+@click.option("--margin", type=float, default=None, help="Override [crop] margin (side = (1 + margin) * box side).")
+@click.option("--sigma", type=float, default=None, help="Override [dhm] sigma (crop pixels).")
+@click.option("--shard-size", type=int, default=None, help="Override [shards] size (samples per shard).")
+@click.option("--limit", type=int, default=None, help="Only the first N samples (a quick trial; skips the count check).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(pipeline, root, out, bfm, jobs, backend, strict, crop_size, margin, sigma, shard_size, limit, quiet):
+    """Build HDF5 shards for the pipeline NAME (pipelines/NAME.toml, or a .toml path).
+
+    Resumable: rerun the same command after a crash or Ctrl-C and only the
+    unfinished shards are redone; a changed input or parameter redoes the
+    shards it affects.  Shipped pipelines: 300wlp, aflw2000,
+    aflw2000-reannotated, ls3dw.
+    """
+    from ..build import BuildError, BuildRequest, run_build
+    from ..model_io import ModelFileError
+    from ..runner import BuildLockedError
+
+    overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size}
+    out = out or Path("out") / Path(pipeline).stem
+    req = BuildRequest(pipeline, root, out, bfm, jobs, backend, strict, overrides, not quiet, limit)
+    try:
+        summary = run_build(req, echo=lambda m: click.echo(m, err=True))
+    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError) as e:
+        _fail(e)
+    written = ", ".join(f"{k}: {v}" for k, v in summary["written"].items())
+    click.echo(f"built {summary['dataset']} into {out}: {written}; rejected {summary['rejected']}")
+    if summary["rejected"]:
+        click.echo(f"  reasons: {summary['rejection_reasons']}  (list: {BuildLayout(out).rejections})")
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def status(out):
+    """Show which units of the build in OUT are done and which are left."""
+    layout = BuildLayout(out)
+    if not layout.split_file.exists():
+        raise click.ClickException(f"{out}: not a build folder (no {layout.split_file.name}); run `dhm-data build` first")
+    recs = sorted((layout.root / ".records").glob("*/**/*.json"))
+    done = {}
+    for r in recs:
+        rec = json.loads(r.read_text())
+        done.setdefault(rec["stage"], []).append(rec["unit"])
+    splits = json.loads(layout.split_file.read_text())
+    click.echo(f"build folder: {layout.root}")
+    for split, names in splits.items():
+        click.echo(f"  split {split}: {len(names)} samples")
+    for stage, units in sorted(done.items()):
+        click.echo(f"  stage {stage}: {len(units)} units done")
+    if layout.summary.exists():
+        s = json.loads(layout.summary.read_text())
+        click.echo(f"  finished: written {s['written']}, rejected {s['rejected']}")
+    else:
+        click.echo("  not finished: rerun the same `dhm-data build` command to resume")
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def verify(out):
+    """Check every shard of OUT: sample counts against build.json and checksums."""
+    from ..shards import ShardError, verify_shard
+
+    layout = BuildLayout(out)
+    if not layout.summary.exists():
+        raise click.ClickException(f"{out}: no build.json; the build did not finish (rerun it) or this is not a build folder")
+    summary = json.loads(layout.summary.read_text())
+    problems, counts = [], {}
+    for name in summary["shards"]:
+        split, shard = name.split("/")
+        path = layout.split_dir(split) / f"{shard}.h5"
+        if not path.exists():
+            problems.append(f"{path}: missing")
+            continue
+        try:
+            report = verify_shard(path)
+        except ShardError as e:
+            problems.append(str(e))
+            continue
+        counts[split] = counts.get(split, 0) + int(report["n_samples"])
+    for split, n in summary["written"].items():
+        if counts.get(split, 0) != n and not any(split in p for p in problems):
+            problems.append(f"split {split}: shards hold {counts.get(split, 0)} samples, build.json says {n}")
+    if problems:
+        raise click.ClickException("verification failed:\n  " + "\n  ".join(problems))
+    click.echo(f"ok: {len(summary['shards'])} shards, {sum(counts.values())} samples, checksums match")

@@ -1,0 +1,72 @@
+"""The one place that knows a build directory's layout.
+
+::
+
+    OUT/
+      build.json              summary: pipeline, counts, rejections, versions
+      split.json              the split actually used (sample names per split)
+      rejections.jsonl        one line per rejected sample: name, path, stage, reason
+      mean_dhm.npy            (S, S, 3) float32 DHM of the model's mean shape
+      model/landmarks68.npz   compact 68-row model the workers load
+      fits/<split>/shard-NNNNN.npz   fitted parameters (fit stage)
+      <split>/shard-NNNNN.h5  HDF5 shards (prepare stage)
+      .records/<stage>/<split>/shard-NNNNN.json   unit records (fingerprints)
+      .lock                   held while a build writes here
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BuildLayout:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "build.json"
+
+    @property
+    def split_file(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def rejections(self) -> Path:
+        return self.root / "rejections.jsonl"
+
+    @property
+    def mean_dhm(self) -> Path:
+        return self.root / "mean_dhm.npy"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.root / "model" / "landmarks68.npz"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def split_dir(self, split: str) -> Path:
+        return self.root / split
+
+    def shard_name(self, index: int) -> str:
+        return f"shard-{index:05d}"
+
+    def shard(self, split: str, index: int) -> Path:
+        return self.split_dir(split) / f"{self.shard_name(index)}.h5"
+
+    def fits(self, split: str, index: int) -> Path:
+        return self.root / "fits" / split / f"{self.shard_name(index)}.npz"
+
+    def record(self, stage: str, unit: str) -> Path:
+        return self.root / ".records" / stage / f"{unit}.json"
+
+    def shards(self, split: str | None = None) -> list[Path]:
+        """Finished shard files (temporary files are dot-files and never match)."""
+        dirs = [self.split_dir(split)] if split else sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in ("model", "fits"))
+        return sorted(p for d in dirs if d.is_dir() for p in d.glob("shard-*.h5"))

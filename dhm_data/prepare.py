@@ -1,0 +1,118 @@
+"""The prepare step: one sample + its decoded image -> the arrays of a shard row.
+
+Pure functions over arrays (the image is decoded by the caller's I/O layer):
+ground-truth crop, landmarks in crop pixels, posed 3D landmarks from the
+parameters (labels or fitted) unless the dataset gives them, and the DHM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import camera
+from .crop import CropError, apply_affine, crop_affine
+from .datasets.base import Sample
+from .dhm import render_dhm
+from .morphable import MorphableModel, fit_length
+
+
+class PrepareError(ValueError):
+    """The sample cannot be prepared (bad landmarks, parameters or image)."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    crop_size: int = 224
+    margin: float = 0.3
+    sigma: float = 1.0
+
+    @classmethod
+    def from_pipeline(cls, cfg: dict) -> "PrepareConfig":
+        return cls(int(cfg["crop"]["size"]), float(cfg["crop"]["margin"]), float(cfg["dhm"]["sigma"]))
+
+
+def posed_landmarks(model: MorphableModel, pose_para, shape_para, exp_para, image_height: int, mirror_width=None) -> np.ndarray:
+    """``(68, 3)`` posed 3D landmarks in 0-based source pixels (z in pixel units).
+
+    ``model`` is a landmark model (68 rows).  Coefficients are truncated or
+    zero-padded to the model's sizes.  With ``mirror_width`` W the result is
+    mirrored (``x -> W - 1 - x``) and re-ordered with the 68-point mirror
+    permutation (a ``_Flip`` sample reconstructed from its original's labels).
+    """
+    S = model.reconstruct(fit_length(shape_para, model.n_identity), fit_length(exp_para, model.n_expression))
+    P = camera.model_to_image(S[: model.landmark_indices.size], pose_para, image_height)
+    if mirror_width is not None:
+        from .landmarks68 import MIRROR_68
+
+        P[:, 0] = mirror_width - 1 - P[:, 0]
+        P = P[np.asarray(MIRROR_68)]
+    return P
+
+
+def check_landmarks(sample: Sample, image_hw) -> None:
+    """Reject NaN/inf labels and landmarks outside the image (more than one
+    box size away: labels of occluded points may legitimately leave the
+    frame a little)."""
+    lm = np.asarray(sample.landmarks_2d, np.float64)
+    if lm.shape != (68, 2):
+        raise PrepareError(f"landmarks have shape {lm.shape}, expected (68, 2)")
+    bad = ~np.isfinite(lm).all(axis=1)
+    if bad.any():
+        raise PrepareError(f"{int(bad.sum())} of 68 landmarks are NaN/inf (points {np.flatnonzero(bad)[:8].tolist()}...)")
+    h, w = image_hw
+    lo, hi = lm.min(0), lm.max(0)
+    size = float(np.max(hi - lo))
+    if lo[0] < -size or lo[1] < -size or hi[0] > w - 1 + size or hi[1] > h - 1 + size:
+        raise PrepareError(f"landmarks lie outside the {w}x{h} image (box {lo.round(1).tolist()} - {hi.round(1).tolist()})")
+
+
+def sample_affine(sample: Sample, config: PrepareConfig) -> np.ndarray:
+    try:
+        return crop_affine(sample.landmarks_2d, config.crop_size, config.margin)
+    except CropError as e:
+        raise PrepareError(str(e)) from e
+
+
+def prepare_sample(sample: Sample, crop: np.ndarray, A: np.ndarray, landmarks_3d: np.ndarray, config: PrepareConfig,
+                   label_source: str, fit_residual=np.nan, fit_converged=True) -> dict:
+    """The shard row of one sample.
+
+    ``crop`` ``(S, S, 3)`` uint8 RGB already warped with ``A`` (2x3,
+    source -> crop); ``landmarks_3d`` ``(68, 3)`` in source pixels.
+    """
+    lm2 = apply_affine(A, sample.landmarks_2d)
+    lm3 = apply_affine(A, landmarks_3d)
+    if sample.pose_para is not None:
+        pose = np.asarray(sample.pose_para, np.float64)
+    else:
+        pose = np.full(7, np.nan)
+    yaw = sample.extra.get("yaw_deg", float(camera.yaw_degrees(pose)))
+    return {
+        "image": crop,
+        "dhm": render_dhm(lm3, config.crop_size, config.sigma),
+        "landmarks_2d": lm2.astype(np.float32),
+        "landmarks_3d": lm3.astype(np.float32),
+        "pose_para": pose.astype(np.float32),
+        "shape_para": np.asarray(sample.shape_para, np.float32),
+        "exp_para": np.asarray(sample.exp_para, np.float32),
+        "crop_affine": np.asarray(A, np.float64),
+        "yaw": np.float32(yaw),
+        "name": sample.name,
+        "subset": sample.subset,
+        "flipped": bool(sample.flipped),
+        "label_source": label_source,
+        "fit_residual": np.float32(fit_residual),
+        "fit_converged": bool(fit_converged),
+    }
+
+
+def mean_shape_dhm(model: MorphableModel, config: PrepareConfig) -> np.ndarray:
+    """The initialisation DHM: the model's mean landmarks, frontal
+    (Pose_Para = 0 rotation), cropped with the build's crop rule."""
+    mean = model.reconstruct()[: model.landmark_indices.size]
+    pts = camera.model_to_image(mean, np.array([0, 0, 0, 0, 0, 0, 1.0]), 0)
+    valid = np.isfinite(pts).all(axis=1)
+    A = crop_affine(pts[valid], config.crop_size, config.margin)
+    return render_dhm(apply_affine(A, pts), config.crop_size, config.sigma)

@@ -1,0 +1,186 @@
+"""The staged, resumable runner: units of work = (stage, shard).
+
+A unit has a *fingerprint*: a hash of its stage parameters and of its inputs
+(file paths, sizes and modification times, and the fingerprints of the
+units it consumes).  The work function writes the unit's outputs under
+temporary names and renames them into place (:mod:`dhm_data.atomic`); only
+then does the runner, in the main process, write the unit's record
+``.records/<stage>/<unit>.json``.  A rerun skips a unit whose record carries
+the same fingerprint and whose outputs exist with the recorded sizes, and
+redoes every other unit.  Killed at any point, a rerun therefore yields the
+same outputs as an uninterrupted run.
+
+Parallelism: joblib across units (``jobs`` processes, ``backend`` any joblib
+backend, e.g. ``loky`` locally or ``dask`` on a cluster); work functions
+return small metadata dicts, never arrays.  One lock file per build directory
+keeps two builds from writing it at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import atomic
+from .layout import BuildLayout
+
+
+class BuildLockedError(RuntimeError):
+    """Another build holds the build directory's lock."""
+
+
+@dataclass
+class Unit:
+    """One unit of work.  ``payload`` is passed to the work function (it must
+    pickle); ``outputs`` are the files the unit creates; ``n`` its sample count
+    (for the progress bar)."""
+
+    stage: str
+    name: str
+    fingerprint: str
+    outputs: list
+    payload: object
+    n: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def fingerprint(params, paths=(), extra=()) -> str:
+    """sha256 over JSON ``params``, each path's (name, size, mtime_ns) -- a
+    missing file counts as such -- and ``extra`` strings."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{p}\0missing\n".encode())
+    for e in extra:
+        h.update(str(e).encode() + b"\n")
+    return h.hexdigest()
+
+
+def is_done(layout: BuildLayout, unit: Unit) -> bool:
+    rec = read_record(layout, unit.stage, unit.name)
+    if rec is None or rec.get("fingerprint") != unit.fingerprint:
+        return False
+    sizes = rec.get("output_sizes", {})
+    for out in unit.outputs:
+        p = Path(out)
+        if not p.is_file() or sizes.get(p.name) != p.stat().st_size:
+            return False
+    return True
+
+
+def read_record(layout: BuildLayout, stage: str, name: str) -> dict | None:
+    p = layout.record(stage, name)
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_record(layout: BuildLayout, unit: Unit, result: dict) -> None:
+    atomic.write_json(
+        layout.record(unit.stage, unit.name),
+        {
+            "stage": unit.stage,
+            "unit": unit.name,
+            "fingerprint": unit.fingerprint,
+            "output_sizes": {Path(o).name: Path(o).stat().st_size for o in unit.outputs if Path(o).is_file()},
+            "result": result,
+        },
+    )
+
+
+class BuildLock:
+    """``fcntl.flock`` on ``OUT/.lock``, held for the life of the build; the
+    holder's pid is written into it for the error message."""
+
+    def __init__(self, layout: BuildLayout):
+        self.path = layout.lock
+        self._f = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise BuildLockedError(
+                f"{self.path.parent}: another build (pid {holder}) is writing this directory; "
+                "wait for it to finish or use another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._f = f
+        return self
+
+    def __exit__(self, *exc):
+        if self._f is not None:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+
+def run_units(
+    layout: BuildLayout,
+    units: list[Unit],
+    work: Callable[[object], dict],
+    *,
+    jobs: int = 1,
+    backend: str = "loky",
+    desc: str = "",
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Run the units not yet done; return ``{unit name: result}`` for all
+    units (skipped ones give their recorded result)."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, dict] = {}
+    todo = []
+    for u in units:
+        if is_done(layout, u):
+            results[u.name] = read_record(layout, u.stage, u.name)["result"]
+        else:
+            todo.append(u)
+    total = sum(u.n for u in units)
+    done_n = total - sum(u.n for u in todo)
+    bar = tqdm(total=total, initial=done_n, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for u in todo:
+                res = work(u.payload)
+                write_record(layout, u, res)
+                results[u.name] = res
+                bar.update(u.n)
+        else:
+            from joblib import Parallel, delayed, parallel_config
+
+            by_name = {u.name: u for u in todo}
+            with parallel_config(backend=backend, n_jobs=jobs):
+                gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u.name, u.payload) for u in todo)
+                for name, res in gen:
+                    u = by_name[name]
+                    write_record(layout, u, res)
+                    results[name] = res
+                    bar.update(u.n)
+    finally:
+        bar.close()
+    return results
+
+
+def _call(work, name, payload):
+    return name, work(payload)

@@ -1,0 +1,75 @@
+import json
+import multiprocessing as mp
+import time
+
+import pytest
+
+from dhm_data import atomic
+from dhm_data.layout import BuildLayout
+from dhm_data.runner import BuildLock, BuildLockedError, Unit, fingerprint, is_done, run_units
+
+
+def _work(payload):
+    out, value = payload
+    atomic.write_bytes(out, value.encode())
+    return {"value": value}
+
+
+def test_units_are_skipped_when_done_and_redone_when_changed(tmp_path):
+    layout = BuildLayout(tmp_path)
+    calls = []
+
+    def work(p):
+        calls.append(p[1])
+        return _work(p)
+
+    units = [Unit("s", f"u{i}", fingerprint({"v": i}), [tmp_path / f"o{i}"], (tmp_path / f"o{i}", f"v{i}"), n=1) for i in range(3)]
+    run_units(layout, units, work, progress=False)
+    assert calls == ["v0", "v1", "v2"]
+    run_units(layout, units, work, progress=False)
+    assert calls == ["v0", "v1", "v2"]          # all skipped
+    units[1] = Unit("s", "u1", fingerprint({"v": 10}), [tmp_path / "o1"], (tmp_path / "o1", "v10"), n=1)
+    (tmp_path / "o2").write_bytes(b"truncated")  # an output altered after its record
+    res = run_units(layout, units, work, progress=False)
+    assert calls[3:] == ["v10", "v2"]
+    assert res["u0"] == {"value": "v0"} and (tmp_path / "o1").read_text() == "v10"
+
+
+def test_fingerprint_tracks_file_size_and_mtime(tmp_path):
+    f = tmp_path / "a"
+    f.write_text("1")
+    a = fingerprint({}, [f])
+    f.write_text("22")
+    assert fingerprint({}, [f]) != a
+    assert fingerprint({"x": 1}, [f]) != fingerprint({"x": 2}, [f])
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(tmp_path / "final.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _hold_lock(path, ready, release):
+    with BuildLock(BuildLayout(path)):
+        ready.set()
+        release.wait(10)
+
+
+def test_second_build_on_one_folder_is_refused(tmp_path):
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
+    p.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(BuildLockedError, match=f"another build \\(pid {p.pid}\\)"):
+            with BuildLock(BuildLayout(tmp_path)):
+                pass
+    finally:
+        release.set()
+        p.join()
+    with BuildLock(BuildLayout(tmp_path)):  # free again
+        pass
