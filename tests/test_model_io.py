@@ -310,6 +310,47 @@ def test_bfm2009_missing_and_misshaped_keys_are_named(tmp_path):
         load_model(d5 / bfm2009.MORPHABLE_MODEL)
 
 
+def savemat73(path, variables):
+    """A MATLAB v7.3 file (HDF5 with the 512-byte MATLAB header): numeric
+    arrays stored transposed, cell arrays as object references, as MATLAB does."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        for k, v in variables.items():
+            v = np.asarray(v)
+            if v.dtype == object:
+                r = np.empty(v.T.shape, dtype=h5py.ref_dtype)
+                for i, c in np.ndenumerate(v.T):
+                    r[i] = refs.create_dataset(f"{k}{len(refs)}", data=np.asarray(c).T).ref
+                f.create_dataset(k, data=r)
+            else:
+                f[k] = v.T
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: test HDF5 schema 1.00 .".ljust(116) + bytes(8)
+    with open(path, "r+b") as fh:
+        fh.write(header + b"\x00\x02IM")
+
+
+def test_bfm2009_reads_matlab_v73_files(tmp_path):
+    trim = np.random.default_rng(4).permutation(40)[:30] + 1
+    raw = write_bfm2009(tmp_path, n_full=40, trim=trim)
+    v5 = load_model(tmp_path)
+    with pytest.raises(NotImplementedError):
+        savemat73(tmp_path / "probe.mat", {"x": np.zeros((2, 3))})
+        scipy.io.loadmat(tmp_path / "probe.mat")  # scipy sees a v7.3 file
+    (tmp_path / "probe.mat").unlink()
+    savemat73(tmp_path / bfm2009.EXPRESSION, {k: raw[k] for k in ("mu_exp", "w_exp", "sigma_exp")})
+    cells = np.empty((1, 17), dtype=object)
+    for i, ln in enumerate(raw["parallel"]):
+        cells[0, i] = ln
+    savemat73(tmp_path / bfm2009.PARALLEL, {"parallel": cells})
+    v73 = load_model(tmp_path)
+    np.testing.assert_array_equal(v73.mean, v5.mean)
+    np.testing.assert_array_equal(v73.expression_basis, v5.expression_basis)
+    for a, b in zip(v73.contour_candidates, v5.contour_candidates):
+        np.testing.assert_array_equal(a, b)
+
+
 # ================================================================ face3d
 def test_face3d_bfm_mat_landmarks_match_hand_computation(tmp_path):
     path = tmp_path / "BFM.mat"

@@ -131,11 +131,11 @@ def matrix(mat: dict, path: Path, key: str, rows: int | None, cols: int | None, 
         a = a.reshape(-1)
         if rows is not None and a.size != rows:
             raise ModelFileError(f"{path}: key {key!r} has {a.size} entries, expected {rows} (shape ({rows}, 1))")
-        return a.astype(np.float64)
+        return a.astype(np.float64, copy=False)
     want = (rows if rows is not None else "any", cols if cols is not None else "any")
     if a.ndim != 2 or (rows is not None and a.shape[0] != rows) or (cols is not None and a.shape[1] != cols):
         raise ModelFileError(f"{path}: key {key!r} has shape {a.shape}, expected ({want[0]}, {want[1]})")
-    return a.astype(np.float64)
+    return a.astype(np.float64, copy=False)
 
 
 def one_based_indices(mat: dict, path: Path, key: str, n: int | None, upper: int) -> np.ndarray:
