@@ -43,6 +43,7 @@ class BuildRequest:
     overrides: dict = field(default_factory=dict)
     progress: bool = True
     limit: int | None = None
+    landmarks_3d: Path | None = None
 
 
 def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
@@ -99,9 +100,9 @@ def run_build(req: BuildRequest, echo=print) -> dict:
     with BuildLock(layout):
         atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
         _cache_model(layout, lm_model)
-        fits = {}
+        fits, fit_summary = {}, None
         if "fit" in cfg["build"]["stages"]:
-            fits = _run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req)
+            fits, fit_summary = run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req)
         units = []
         for split, split_items in splits.items():
             for i, chunk in enumerate(_chunks(split_items, shard_size)):
@@ -121,7 +122,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
                                   (reader, chunk, lm_model, config, out, attrs, fit_file), n=len(chunk)))
         results = run_units(layout, units, prepare_shard, jobs=req.jobs, backend=req.backend,
                             desc=f"build {cfg['name']}", progress=req.progress)
-        summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits)
+        summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary)
         np.save(layout.mean_dhm, mean_shape_dhm(lm_model, config)) if not layout.mean_dhm.exists() else None
     n_rej = summary["rejected"]
     if n_rej and req.strict:
@@ -146,15 +147,24 @@ def _cache_model(layout: BuildLayout, lm_model: MorphableModel) -> None:
     save_compact(lm_model, layout.model_cache)
 
 
-def _run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req) -> dict:
-    from .fit_stage import fit_units, fit_shard
+def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
+    """Run (or resume) the fit units; returns ({(split, shard index): fits
+    file}, summary of the fits)."""
+    from .fit_stage import fit_shard, fit_units, load_landmarks_3d
 
-    units = fit_units(layout, reader, lm_model, cfg, splits, shard_size)
-    run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm", progress=req.progress)
-    return {u.meta["key"]: Path(u.outputs[0]) for u in units}
+    l3 = load_landmarks_3d(req.landmarks_3d) if req.landmarks_3d else None
+    units = fit_units(layout, reader, lm_model, cfg, splits, shard_size, l3)
+    res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm", progress=req.progress)
+    summary = {
+        "fitted": sum(r["fitted"] for r in res.values()),
+        "converged": sum(r["converged"] for r in res.values()),
+        "with_3d_estimates": len(l3 or {}),
+        "flagged": [f for u in units for f in res[u.name]["flagged"]],
+    }
+    return {u.meta["key"]: Path(u.outputs[0]) for u in units}, summary
 
 
-def _summarise(layout, cfg, reader, model, units, results, count_problems, splits) -> dict:
+def _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary=None) -> dict:
     rejections = [r for u in units for r in results[u.name]["rejections"]]
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejections)
     atomic.write_bytes(layout.rejections, lines.encode())
@@ -175,6 +185,7 @@ def _summarise(layout, cfg, reader, model, units, results, count_problems, split
         "count_mismatches": count_problems,
         "shards": [u.name for u in units],
         "label_sources": dict(sum((Counter(results[u.name]["label_sources"]) for u in units), Counter())),
+        "fit": fit_summary,
     }
     atomic.write_json(layout.summary, summary)
     return summary
@@ -244,3 +255,22 @@ def _load_fits(path) -> dict:
                  "residual": float(f["residual"][i]), "converged": bool(f["converged"][i])}
         for i, n in enumerate(f["names"])
     }
+
+
+def run_fit(req: BuildRequest, echo=print) -> dict:
+    """``dhm-data fit-bfm DATASET``: only the fit stage of the pipeline, into
+    the build folder, so that a later ``dhm-data build`` of the same pipeline
+    and folder finds every fit unit done and goes straight to prepare."""
+    layout = BuildLayout(req.out)
+    cfg, reader, items, manifest, count_problems, splits = plan(req)
+    for p in count_problems:
+        echo(f"warning: count mismatch: {p}")
+    if count_problems and req.strict:
+        raise BuildError("--strict: the scan disagrees with the manifest: " + "; ".join(count_problems))
+    lm_model = resolve_model(req.bfm, reader).landmark_model()
+    with BuildLock(layout):
+        atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
+        _cache_model(layout, lm_model)
+        _, summary = run_fit_stage(layout, reader, lm_model, cfg, splits, int(cfg["shards"]["size"]), req)
+        atomic.write_json(layout.fit_summary, summary)
+    return summary

@@ -4,6 +4,7 @@
 
     OUT/
       build.json              summary: pipeline, counts, rejections, versions
+      fit.json                summary of a `dhm-data fit-bfm` run (fit stage only)
       split.json              the split actually used (sample names per split)
       rejections.jsonl        one line per rejected sample: name, path, stage, reason
       mean_dhm.npy            (S, S, 3) float32 DHM of the model's mean shape
@@ -30,6 +31,10 @@ class BuildLayout:
     @property
     def summary(self) -> Path:
         return self.root / "build.json"
+
+    @property
+    def fit_summary(self) -> Path:
+        return self.root / "fit.json"
 
     @property
     def split_file(self) -> Path:
