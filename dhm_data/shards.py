@@ -1,0 +1,535 @@
+"""HDF5 shards: atomic writer, reader and verifier over :mod:`dhm_data.schema`.
+
+File layout (one file = ``N`` samples)::
+
+    /<field>            one dataset per schema field, first axis = sample;
+                        attrs: description, storage, sha256 (of the stored bytes)
+    /_crc32/<field>     (N,) uint32 CRC32 of each sample's stored bytes
+    file attrs          schema_version, package_version, n_samples, checksums
+                        (JSON {field: sha256}), pipeline (JSON string), dataset,
+                        split, ... (whatever the build passes)
+
+The sha256 of a field is taken over its stored bytes in C order (for text,
+each string as an 8-byte little-endian length followed by its UTF-8 bytes);
+the CRC32s name the damaged sample when a field's digest disagrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+
+from . import schema
+from .schema import FIELD_BY_NAME, FIELDS, RAW, SCHEMA_VERSION, SMALL, TEXT, U8Q_LZ4, U8Q_RAW
+
+
+class ShardError(RuntimeError):
+    """Base class of shard problems (always names the file)."""
+
+
+class ShardSchemaError(ShardError, ValueError):
+    """Columns or a file do not match the schema (names the field, expected, found)."""
+
+
+class ShardCorruptError(ShardError):
+    """A shard is truncated, damaged or fails its checksums.
+
+    ``problems``: list of human-readable problems, each naming the file and,
+    where known, the field and the sample.
+    """
+
+    def __init__(self, path, problems):
+        self.path = Path(path)
+        self.problems = list(problems)
+        super().__init__(f"{path}: shard verification failed:\n  " + "\n  ".join(self.problems))
+
+
+def _h5py():
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the Blosc filter in this process)
+
+    return h5py
+
+
+# ------------------------------------------------------------------ encoding
+def _text_bytes(values) -> list[bytes]:
+    return [v.encode("utf-8") for v in values]
+
+
+def _text_digest(encoded: list[bytes]) -> tuple[str, np.ndarray]:
+    h = hashlib.sha256()
+    crcs = np.empty(len(encoded), np.uint32)
+    for i, b in enumerate(encoded):
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+        crcs[i] = zlib.crc32(b)
+    return h.hexdigest(), crcs
+
+
+def _array_digest(stored: np.ndarray) -> tuple[str, np.ndarray]:
+    stored = np.ascontiguousarray(stored)
+    flat = stored.reshape(len(stored), -1).view(np.uint8) if stored.size else stored.reshape(len(stored), 0)
+    crcs = np.fromiter((zlib.crc32(row) for row in flat), np.uint32, count=len(stored))
+    return hashlib.sha256(memoryview(stored).cast("B")).hexdigest(), crcs
+
+
+def field_digest(f: schema.Field, stored) -> tuple[str, np.ndarray]:
+    """(sha256 hex of the field, (N,) uint32 per-sample CRC32) of stored values."""
+    if f.is_text:
+        return _text_digest(_text_bytes(stored))
+    return _array_digest(np.asarray(stored))
+
+
+def _encode(f: schema.Field, values, n: int, dims: dict, path: Path):
+    """Validate one column against the schema and return its stored form."""
+    def bad(what):
+        return ShardSchemaError(f"{path}: field {f.name!r}: {what}")
+
+    if f.is_text:
+        vals = list(values)
+        if len(vals) != n:
+            raise bad(f"expected {n} samples, found {len(vals)}")
+        for i, v in enumerate(vals):
+            if not isinstance(v, str):
+                raise bad(f"sample {i}: expected str, found {type(v).__name__}")
+        return vals
+    a = np.asarray(values)
+    if a.ndim != 1 + len(f.shape):
+        raise bad(f"expected shape (N, {', '.join(map(str, f.shape))}), found {a.shape}")
+    if a.shape[0] != n:
+        raise bad(f"expected {n} samples, found {a.shape[0]}")
+    for d, want in zip(a.shape[1:], f.shape):
+        if isinstance(want, str):
+            if dims.setdefault(want, d) != d:
+                raise bad(f"dimension {want} = {d} disagrees with {dims[want]} set by another field")
+        elif d != want:
+            raise bad(f"expected per-sample shape {f.shape}, found {a.shape[1:]}")
+    target = np.dtype(f.dtype)
+    if target == np.uint8:
+        if a.dtype != np.uint8:
+            raise bad(f"expected uint8, found {a.dtype} (convert explicitly; no silent casts of image data)")
+    elif target == np.bool_:
+        if a.dtype != np.bool_:
+            if a.dtype.kind not in "iu" or not np.isin(a, (0, 1)).all():
+                raise bad(f"expected bool, found {a.dtype}")
+            a = a.astype(bool)
+    elif target.kind == "f":
+        if a.dtype.kind not in "fiu":
+            raise bad(f"expected a float array, found {a.dtype}")
+        a = a.astype(target, copy=False)
+    if f.quantised:
+        for i in range(0, n, 64):
+            blk = a[i:i + 64]
+            lo, hi = blk.min(), blk.max()
+            if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # NaN fails too
+                flat = blk.reshape(len(blk), -1)
+                bad_i = i + int(np.flatnonzero(~((flat >= -1e-6) & (flat <= 1 + 1e-6)).all(axis=1))[0])
+                raise bad(f"sample {bad_i}: expected values in [0, 1] for uint8 quantisation, found "
+                          f"range [{a[bad_i].min()}, {a[bad_i].max()}]")
+        a = schema.quantise(a)
+    return np.ascontiguousarray(a)
+
+
+def _attr_value(v):
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=_json_default)
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None:
+        return "null"
+    return v
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"attribute value not JSON serialisable: {type(o).__name__}")
+
+
+# ------------------------------------------------------------------ writer
+def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: dict | None = None) -> Path:
+    """Write one shard atomically and return its path.
+
+    ``columns``: field name -> stacked per-sample values (first axis = sample),
+    exactly the fields of :data:`dhm_data.schema.FIELDS` (text fields: a
+    sequence of str).  An empty dict writes a valid shard of 0 samples (every
+    sample of the unit was rejected).  ``attrs``: file attributes (str, numbers,
+    bools; dicts/lists are stored as JSON strings); ``schema_version``,
+    ``package_version``, ``n_samples`` and ``checksums`` are set here (a given
+    ``n_samples`` must agree with the data).  ``storage``: optional field ->
+    storage kind overriding the schema default where
+    :data:`dhm_data.schema.ALTERNATIVE_STORAGE` allows it (e.g.
+    ``{"dhm": "u8q-raw"}``); the kind used is recorded per dataset.
+
+    The file is written to ``.<name>.tmp-<pid>`` in the same folder, fsynced
+    and ``os.replace``d into place; on any error no final file is created and
+    the temporary one is removed.
+    """
+    from . import __version__
+    from .atomic import atomic_path
+
+    final_path = Path(final_path)
+    attrs = dict(attrs or {})
+    columns = dict(columns)
+    unknown = sorted(set(columns) - set(FIELD_BY_NAME))
+    if unknown:
+        raise ShardSchemaError(f"{final_path}: columns {unknown} are not in the shard schema (v{SCHEMA_VERSION}: "
+                               f"{', '.join(schema.FIELD_NAMES)})")
+    if columns:
+        missing = [f.name for f in FIELDS if f.name not in columns]
+        if missing:
+            raise ShardSchemaError(f"{final_path}: missing fields {missing} (the schema requires all of "
+                                   f"{', '.join(schema.FIELD_NAMES)})")
+        n = len(columns["name"])
+    else:
+        n = 0
+    if "n_samples" in attrs and int(attrs["n_samples"]) != n:
+        raise ShardSchemaError(f"{final_path}: attribute n_samples = {attrs['n_samples']} but the columns hold {n} samples")
+    kinds = {f.name: f.storage for f in FIELDS}
+    for name, kind in (storage or {}).items():
+        f = schema.field(name)
+        allowed = schema.ALTERNATIVE_STORAGE.get(f.storage, (f.storage,))
+        if kind not in allowed:
+            raise ShardSchemaError(f"{final_path}: field {name!r}: storage {kind!r} is not one of {allowed}")
+        kinds[name] = kind
+    dims: dict = {}
+    stored = {f.name: _encode(f, columns[f.name], n, dims, final_path) for f in FIELDS} if columns else {}
+
+    h5py = _h5py()
+    with atomic_path(final_path) as tmp:
+        digests = {}
+        with h5py.File(tmp, "w", track_order=True) as h:
+            if stored:
+                crc_group = h.create_group(schema.CRC_GROUP)
+            for f in FIELDS:
+                if f.name not in stored:
+                    continue
+                data = stored[f.name]
+                sha, crcs = field_digest(f, data)
+                digests[f.name] = sha
+                kind = kinds[f.name]
+                if kind == TEXT:
+                    ds = h.create_dataset(f.name, data=np.array(data, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                                          track_times=False)
+                elif kind == U8Q_LZ4:
+                    import hdf5plugin
+
+                    ds = h.create_dataset(f.name, data=data, chunks=(1,) + data.shape[1:], track_times=False,
+                                          **hdf5plugin.Blosc(**schema.BLOSC_LZ4))
+                    ds.attrs["scale"] = 1.0 / schema.QUANT_LEVELS
+                else:  # RAW, U8Q_RAW, SMALL: contiguous, unfiltered
+                    ds = h.create_dataset(f.name, data=data, track_times=False)
+                    if f.quantised:
+                        ds.attrs["scale"] = 1.0 / schema.QUANT_LEVELS
+                ds.attrs["storage"] = kind
+                ds.attrs["description"] = f.description
+                ds.attrs["sha256"] = sha
+                crc_group.create_dataset(f.name, data=crcs, track_times=False)
+            for k, v in attrs.items():
+                h.attrs[k] = _attr_value(v)
+            h.attrs["schema_version"] = SCHEMA_VERSION
+            h.attrs.setdefault("package_version", __version__)
+            h.attrs["n_samples"] = n
+            h.attrs["checksums"] = json.dumps(digests, sort_keys=True)
+            h.attrs["dims"] = json.dumps(dims, sort_keys=True)
+    _fsync_dir(final_path.parent)
+    return final_path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ reader
+def _decode_attr(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@dataclass
+class FieldInfo:
+    """Per-field layout of one shard: per-sample ``shape``, stored ``dtype``,
+    ``storage`` kind and, for an unfiltered contiguous dataset, its byte
+    ``offset`` in the file (None otherwise)."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype | None
+    storage: str
+    offset: int | None
+
+
+@dataclass
+class ShardInfo:
+    """What a reader needs to know about a shard without holding it open."""
+
+    path: Path
+    n_samples: int
+    schema_version: int
+    fields: dict = dc_field(default_factory=dict)   # name -> FieldInfo
+    attrs: dict = dc_field(default_factory=dict)
+
+
+def _open(path, h5py=None):
+    h5py = h5py or _h5py()
+    try:
+        return h5py.File(path, "r", rdcc_nbytes=0)
+    except OSError as e:
+        raise ShardCorruptError(path, [f"{path}: cannot be opened as HDF5 ({e}); the file is truncated, damaged "
+                                       "or not a shard"]) from e
+
+
+def _info_from_file(path: Path, h) -> ShardInfo:
+    attrs = {k: _decode_attr(v) for k, v in h.attrs.items()}
+    if "schema_version" not in attrs:
+        raise ShardSchemaError(f"{path}: no schema_version attribute; not a dhm-data shard")
+    version = int(attrs["schema_version"])
+    if version != SCHEMA_VERSION:
+        raise ShardSchemaError(f"{path}: schema version {version}, this dhm-data reads version {SCHEMA_VERSION} "
+                               "(rebuild the shards with this version)")
+    n = int(attrs.get("n_samples", 0))
+    info = ShardInfo(Path(path), n, version, {}, attrs)
+    for f in FIELDS:
+        if f.name not in h:
+            if n:
+                raise ShardSchemaError(f"{path}: field {f.name!r} is missing (schema v{SCHEMA_VERSION})")
+            continue
+        ds = h[f.name]
+        if ds.shape[0] != n:
+            raise ShardSchemaError(f"{path}: field {f.name!r} holds {ds.shape[0]} samples, the file says {n}")
+        kind = _decode_attr(ds.attrs.get("storage", f.storage))
+        offset = None
+        if not f.is_text and ds.chunks is None and ds.compression is None and n:
+            offset = ds.id.get_offset()
+        info.fields[f.name] = FieldInfo(f.name, tuple(ds.shape[1:]), None if f.is_text else ds.dtype, kind, offset)
+    return info
+
+
+def shard_info(path) -> ShardInfo:
+    """Layout and attributes of a shard (opens and closes the file)."""
+    path = Path(path)
+    with _open(path) as h:
+        return _info_from_file(path, h)
+
+
+def parse_json_attr(value):
+    """A JSON-string attribute (``pipeline``, ``checksums``) as Python objects."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class ShardReader:
+    """Read whole fields or selected samples of one shard.
+
+    >>> with ShardReader(path) as r:
+    ...     r.n_samples, r.attrs["split"], r.pipeline
+    ...     lm = r.read("landmarks_2d")          # (N, 68, 2) float32
+    ...     dhm = r.read("dhm", [3, 1])          # (2, S, S, 3) float32 in [0, 1]
+
+    Text fields come back as numpy ``str`` arrays.  ``dhm_dtype="uint8"``
+    returns the stored ``round(255 v)`` instead of float32 ``v``.
+    """
+
+    def __init__(self, path, dhm_dtype: str = "float32"):
+        self.path = Path(path)
+        if dhm_dtype not in ("float32", "uint8"):
+            raise ValueError(f"dhm_dtype must be 'float32' or 'uint8', not {dhm_dtype!r}")
+        self.dhm_dtype = dhm_dtype
+        self._h = _open(self.path)
+        try:
+            self.info = _info_from_file(self.path, self._h)
+        except BaseException:
+            self._h.close()
+            raise
+
+    def close(self):
+        self._h.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def n_samples(self) -> int:
+        return self.info.n_samples
+
+    @property
+    def attrs(self) -> dict:
+        return self.info.attrs
+
+    @property
+    def pipeline(self) -> dict | None:
+        p = self.info.attrs.get("pipeline")
+        return parse_json_attr(p) if p is not None else None
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.info.fields)
+
+    def read(self, name: str, indices=None) -> np.ndarray:
+        """Field ``name`` for all samples or for ``indices`` (any order, repeats
+        allowed; read one sample at a time, never by HDF5 fancy indexing)."""
+        f = schema.field(name)
+        if name not in self.info.fields:
+            raise ShardSchemaError(f"{self.path}: field {name!r} is not in this shard")
+        ds = self._h[name]
+        if f.is_text:
+            allv = ds.asstr()[()] if self.n_samples else np.empty(0, object)
+            vals = allv if indices is None else allv[np.asarray(indices, np.int64)]
+            return np.array(list(vals), dtype=str) if len(vals) else np.empty(0, "<U1")
+        if indices is None:
+            stored = ds[()]
+        else:
+            idx = np.asarray(indices, np.int64)
+            stored = np.empty((len(idx),) + ds.shape[1:], ds.dtype)
+            for j, i in enumerate(idx):
+                stored[j] = ds[int(i)]
+        if f.quantised and self.dhm_dtype == "float32":
+            return schema.dequantise(stored)
+        return stored
+
+
+def read_columns(path, fields=None, dhm_dtype: str = "float32") -> dict:
+    """All samples of ``fields`` (default: every field) of one shard as arrays."""
+    with ShardReader(path, dhm_dtype=dhm_dtype) as r:
+        names = list(fields) if fields is not None else r.fields
+        return {name: r.read(name) for name in names}
+
+
+# ------------------------------------------------------------------ verification
+def verify_shard(path) -> dict:
+    """Check one shard: opens (truncation), schema version, fields, shapes,
+    sample counts, and every field's sha256 and per-sample CRC32.
+
+    Returns a report ``{"path", "n_samples", "schema_version", "checksums":
+    {field: sha256}, "attrs"}``; raises :class:`ShardCorruptError` (a
+    :class:`ShardError`) listing every problem found, naming the file, the
+    field and, for a checksum mismatch, the damaged samples (index and name).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShardCorruptError(path, [f"{path}: missing"])
+    h5py = _h5py()
+    h = _open(path, h5py)
+    problems: list[str] = []
+    with h:
+        try:
+            attrs = {k: _decode_attr(v) for k, v in h.attrs.items()}
+        except Exception as e:  # damaged attribute heap
+            raise ShardCorruptError(path, [f"{path}: file attributes unreadable ({e})"]) from e
+        version = attrs.get("schema_version")
+        if version is None or int(version) != SCHEMA_VERSION:
+            raise ShardCorruptError(path, [f"{path}: schema_version expected {SCHEMA_VERSION}, found {version}"])
+        n = int(attrs.get("n_samples", -1))
+        if n < 0:
+            raise ShardCorruptError(path, [f"{path}: no n_samples attribute"])
+        try:
+            expected = json.loads(attrs.get("checksums", "{}"))
+        except ValueError:
+            problems.append(f"{path}: checksums attribute is not valid JSON")
+            expected = {}
+        names = None
+        if n and "name" in h:
+            try:
+                names = list(h["name"].asstr()[()])
+            except Exception:
+                names = None
+        digests = {}
+        for f in FIELDS:
+            if n == 0:
+                break
+            where = f"{path}: field {f.name!r}"
+            if f.name not in h:
+                problems.append(f"{where}: missing")
+                continue
+            try:
+                ds = h[f.name]
+                if ds.shape[0] != n:
+                    problems.append(f"{where}: holds {ds.shape[0]} samples, expected {n}")
+                    continue
+                if len(ds.shape) != 1 + len(f.shape):
+                    problems.append(f"{where}: per-sample shape {ds.shape[1:]}, expected {f.shape}")
+                    continue
+                if not f.is_text and ds.dtype != f.stored_dtype:
+                    problems.append(f"{where}: stored dtype {ds.dtype}, expected {f.stored_dtype}")
+                    continue
+                stored = ds.asstr()[()] if f.is_text else None
+            except Exception as e:
+                problems.append(f"{where}: unreadable ({type(e).__name__}: {e})")
+                continue
+            bad_samples = []
+            if stored is None:
+                try:
+                    stored = ds[()]
+                except Exception:
+                    # Find the unreadable samples one at a time.
+                    stored = np.zeros(ds.shape, ds.dtype)
+                    for i in range(n):
+                        try:
+                            stored[i] = ds[i]
+                        except Exception as e:
+                            bad_samples.append((i, f"unreadable ({type(e).__name__})"))
+            if f.is_text:
+                try:
+                    sha, crcs = field_digest(f, list(stored))
+                except UnicodeError as e:
+                    problems.append(f"{where}: invalid UTF-8 ({e})")
+                    continue
+            else:
+                sha, crcs = field_digest(f, stored)
+            digests[f.name] = sha
+            want = expected.get(f.name)
+            ds_sha = _decode_attr(ds.attrs.get("sha256"))
+            try:
+                want_crc = h[schema.CRC_GROUP][f.name][()]
+            except Exception:
+                want_crc = None
+            if want_crc is not None and len(want_crc) == n:
+                for i in np.flatnonzero(want_crc != crcs):
+                    if not any(i == b for b, _ in bad_samples):
+                        bad_samples.append((int(i), "CRC32 mismatch"))
+            if want is None:
+                problems.append(f"{where}: no checksum recorded in the file attributes")
+            elif sha != want or (ds_sha is not None and ds_sha != want) or bad_samples:
+                if bad_samples:
+                    problems.append(f"{where}: damaged samples " + ", ".join(
+                        f"{i}{_sample_name(names, i)} ({why})" for i, why in sorted(bad_samples)[:20])
+                        + (f" and {len(bad_samples) - 20} more" if len(bad_samples) > 20 else ""))
+                else:
+                    problems.append(f"{where}: sha256 mismatch (expected {want}, found {sha}); "
+                                    "the per-sample CRC32 table is damaged too")
+    if problems:
+        raise ShardCorruptError(path, problems)
+    return {"path": str(path), "n_samples": n, "schema_version": int(version), "checksums": digests,
+            "attrs": attrs}
+
+
+def _sample_name(names, i) -> str:
+    if names is not None and i < len(names):
+        return f" {names[i]!r}"
+    return ""

@@ -1,0 +1,267 @@
+"""HDF5 shard writer / reader / verifier (dhm_data.schema, dhm_data.shards)."""
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from dhm_data import schema
+from dhm_data.dhm import render_dhm
+from dhm_data.shards import (
+    ShardCorruptError,
+    ShardError,
+    ShardReader,
+    ShardSchemaError,
+    read_columns,
+    shard_info,
+    verify_shard,
+    write_shard,
+)
+
+
+def make_columns(n, size=24, K=5, E=3, seed=0):
+    """n synthetic rows of every schema field (crop size ``size``)."""
+    rng = np.random.default_rng(seed)
+    lm3 = np.concatenate([rng.uniform(2, size - 3, (n, 68, 2)), rng.normal(0, 5, (n, 68, 1))], -1).astype(np.float32)
+    return {
+        "image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        "dhm": np.stack([render_dhm(p, size, 1.0) for p in lm3]),
+        "landmarks_2d": (lm3[:, :, :2] + rng.normal(0, 0.1, (n, 68, 2))).astype(np.float32),
+        "landmarks_3d": lm3,
+        "pose_para": rng.normal(size=(n, 7)).astype(np.float32),
+        "shape_para": rng.normal(size=(n, K)).astype(np.float32),
+        "exp_para": rng.normal(size=(n, E)).astype(np.float32),
+        "crop_affine": rng.normal(size=(n, 2, 3)),
+        "yaw": rng.uniform(-90, 90, n).astype(np.float32),
+        "name": np.array([f"IBUG_image_{i:03d}_1_0_é" for i in range(n)], dtype=object),
+        "subset": np.array(["IBUG", "AFW"] * (n // 2) + ["HELEN"] * (n % 2), dtype=object),
+        "flipped": np.arange(n) % 3 == 0,
+        "label_source": np.array(["label", "fitted"] * (n // 2) + ["label"] * (n % 2), dtype=object),
+        "fit_residual": np.where(np.arange(n) % 2, rng.uniform(0, 2, n), np.nan).astype(np.float32),
+        "fit_converged": np.arange(n) % 4 != 1,
+    }
+
+
+ATTRS = {"dataset": "300wlp", "split": "train", "shard_index": 3,
+         "pipeline": {"crop": {"size": 24, "margin": 0.3}, "dhm": {"sigma": 1.0}}}
+
+
+@pytest.fixture
+def shard(tmp_path):
+    cols = make_columns(10)
+    path = write_shard(tmp_path / "shard-00000.h5", cols, dict(ATTRS, n_samples=10))
+    return path, cols
+
+
+def test_schema_lists_every_field_once():
+    names = [f.name for f in schema.FIELDS]
+    assert len(names) == len(set(names)) == 15
+    assert set(names) == set(make_columns(2))
+    for f in schema.FIELDS:
+        assert f.storage in schema.STORAGE_KINDS and f.description
+    with pytest.raises(KeyError, match="unknown shard field 'nope'"):
+        schema.field("nope")
+
+
+def test_quantisation_bound():
+    v = np.linspace(0, 1, 100001, dtype=np.float32)
+    q = schema.quantise(v[None])[0]
+    back = schema.dequantise(q)
+    assert np.abs(back - v).max() <= schema.QUANT_MAX_ERROR + 1e-7
+    assert q[0] == 0 and q[-1] == 255 and back[-1] == 1.0
+    assert schema.quantise(np.array([[0.5 / 255 - 1e-4, 0.5 / 255 + 1e-4]], np.float32)).tolist() == [[0, 1]]
+
+
+def test_round_trip_every_field(shard):
+    path, cols = shard
+    got = read_columns(path)
+    assert set(got) == set(cols)
+    for name, want in cols.items():
+        f = schema.field(name)
+        if f.is_text:
+            assert got[name].tolist() == list(want), name
+        elif f.quantised:
+            assert got[name].dtype == np.float32
+            assert np.abs(got[name] - want).max() <= schema.QUANT_MAX_ERROR + 1e-7
+            np.testing.assert_array_equal(got[name], schema.quantise(want) / np.float32(255))
+        else:
+            assert got[name].dtype == np.dtype(f.dtype), name
+            np.testing.assert_array_equal(got[name], want, err_msg=name)  # NaNs compare equal here
+    raw = read_columns(path, ["dhm"], dhm_dtype="uint8")["dhm"]
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(raw, np.rint(cols["dhm"] * 255))
+    with ShardReader(path) as r:
+        assert r.n_samples == 10
+        assert r.attrs["schema_version"] == schema.SCHEMA_VERSION
+        assert r.attrs["package_version"] == "0.1.0"
+        assert r.attrs["split"] == "train" and r.attrs["shard_index"] == 3
+        assert r.pipeline == ATTRS["pipeline"]
+        assert json.loads(r.attrs["dims"]) == {"S": 24, "K": 5, "E": 3}
+        np.testing.assert_array_equal(r.read("image", [7, 2, 7]), cols["image"][[7, 2, 7]])
+        assert r.read("name", [4, 0]).tolist() == [cols["name"][4], cols["name"][0]]
+
+
+def test_storage_layout(shard, tmp_path):
+    path, cols = shard
+    with h5py.File(path, "r") as h:
+        img, dhm = h["image"], h["dhm"]
+        assert img.chunks is None and img.compression is None
+        mm = np.memmap(path, np.uint8, "r", offset=img.id.get_offset(), shape=img.shape)
+        np.testing.assert_array_equal(mm, cols["image"])
+        assert dhm.chunks == (1, 24, 24, 3) and dhm.dtype == np.uint8
+        assert "32001" in dhm._filters  # Blosc (hdf5plugin)
+        assert h["dhm"].attrs["storage"] == "u8q-lz4"
+        assert h["_crc32/image"].shape == (10,)
+    p2 = write_shard(tmp_path / "raw.h5", cols, storage={"dhm": "u8q-raw"})
+    info = shard_info(p2)
+    assert info.fields["dhm"].storage == "u8q-raw" and info.fields["dhm"].offset is not None
+    np.testing.assert_array_equal(read_columns(p2, ["dhm"])["dhm"], read_columns(path, ["dhm"])["dhm"])
+    with pytest.raises(ShardSchemaError, match="storage 'jpeg'"):
+        write_shard(tmp_path / "bad.h5", cols, storage={"dhm": "jpeg"})
+
+
+def test_empty_shard(tmp_path):
+    p = write_shard(tmp_path / "shard-00001.h5", {}, {"n_samples": 0, "n_rejected": 4, "split": "val"})
+    rep = verify_shard(p)
+    assert rep["n_samples"] == 0 and rep["attrs"]["n_rejected"] == 4
+    with pytest.raises(ShardSchemaError, match="n_samples = 3 but the columns hold 0"):
+        write_shard(tmp_path / "x.h5", {}, {"n_samples": 3})
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c.pop("yaw"), r"missing fields \['yaw'\]"),
+    (lambda c: c.update(extra=np.zeros(4)), r"columns \['extra'\] are not in the shard schema"),
+    (lambda c: c.update(image=c["image"].astype(np.float32)), "field 'image': expected uint8, found float32"),
+    (lambda c: c.update(image=c["image"][:, :20]), "field 'image'"),
+    (lambda c: c.update(dhm=c["dhm"][:, :20, :20]), "dimension S = 20 disagrees with 24"),
+    (lambda c: c["dhm"].__setitem__((2, 0, 0, 0), 1.5), r"field 'dhm': sample 2: expected values in \[0, 1\]"),
+    (lambda c: c["dhm"].__setitem__((3, 1, 1, 1), np.nan), r"field 'dhm': sample 3"),
+    (lambda c: c.update(landmarks_2d=c["landmarks_2d"][:, :67]), r"field 'landmarks_2d': expected per-sample shape \(68, 2\)"),
+    (lambda c: c.update(name=list(range(4))), "field 'name': sample 0: expected str, found int"),
+    (lambda c: c.update(yaw=c["yaw"][:3]), "field 'yaw': expected 4 samples, found 3"),
+])
+def test_schema_errors_name_the_field(tmp_path, mutate, message):
+    cols = make_columns(4)
+    mutate(cols)
+    final = tmp_path / "shard-00000.h5"
+    with pytest.raises(ShardSchemaError, match=message) as e:
+        write_shard(final, cols)
+    assert str(final) in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path, monkeypatch):
+    import dhm_data.shards as shards
+
+    final = tmp_path / "shard-00000.h5"
+    calls = {"n": 0}
+    real = shards.field_digest
+
+    def failing(f, stored):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in the middle of writing the HDF5 file
+            raise RuntimeError("disk on fire")
+        return real(f, stored)
+
+    monkeypatch.setattr(shards, "field_digest", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_shard(final, make_columns(3))
+    assert calls["n"] == 5
+    assert list(tmp_path.iterdir()) == []
+    # An existing shard survives a failed rewrite untouched.
+    monkeypatch.setattr(shards, "field_digest", real)
+    write_shard(final, make_columns(3, seed=1))
+    before = final.read_bytes()
+    calls["n"] = 0
+    monkeypatch.setattr(shards, "field_digest", failing)
+    with pytest.raises(RuntimeError):
+        write_shard(final, make_columns(3, seed=2))
+    assert final.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.h5"]
+
+
+def test_verify_ok(shard):
+    path, cols = shard
+    rep = verify_shard(path)
+    assert rep["n_samples"] == 10 and rep["schema_version"] == schema.SCHEMA_VERSION
+    with h5py.File(path, "r") as h:
+        assert rep["checksums"] == json.loads(h.attrs["checksums"])
+        assert rep["checksums"]["image"] == h["image"].attrs["sha256"]
+    import hashlib
+
+    assert rep["checksums"]["image"] == hashlib.sha256(cols["image"].tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_verify_detects_truncation(shard, keep):
+    path, _ = shard
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep))
+    with pytest.raises(ShardCorruptError, match="truncated") as e:
+        verify_shard(path)
+    assert str(path) in str(e.value)
+    assert isinstance(e.value, ShardError)
+
+
+def _flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def test_verify_detects_bit_flip_in_image(shard):
+    path, cols = shard
+    with h5py.File(path, "r") as h:
+        off = h["image"].id.get_offset() + 3 * 24 * 24 * 3 + 100
+    _flip_byte(path, off)
+    with pytest.raises(ShardCorruptError) as e:
+        verify_shard(path)
+    msg = str(e.value)
+    assert str(path) in msg and "field 'image'" in msg and "damaged samples 3 'IBUG_image_003_1_0_é'" in msg
+    assert "field 'dhm'" not in msg
+    assert e.value.problems and len(e.value.problems) == 1
+
+
+def test_verify_detects_bit_flip_in_compressed_dhm(shard):
+    path, _ = shard
+    with h5py.File(path, "r") as h:
+        info = h["dhm"].id.get_chunk_info(5)
+    _flip_byte(path, info.byte_offset + info.size // 2)
+    with pytest.raises(ShardCorruptError) as e:
+        verify_shard(path)
+    msg = str(e.value)
+    assert "field 'dhm'" in msg and "damaged samples 5 " in msg
+
+
+def test_verify_detects_bit_flip_in_small_field_and_text(shard):
+    path, _ = shard
+    with h5py.File(path, "r") as h:
+        off = h["landmarks_2d"].id.get_offset() + 7 * 68 * 2 * 4 + 13
+    _flip_byte(path, off)
+    with pytest.raises(ShardCorruptError, match=r"field 'landmarks_2d': damaged samples 7 'IBUG_image_007"):
+        verify_shard(path)
+
+
+def test_schema_version_mismatch(shard):
+    path, _ = shard
+    with h5py.File(path, "r+") as h:
+        h.attrs["schema_version"] = 99
+    with pytest.raises(ShardSchemaError, match="schema version 99, this dhm-data reads version 1"):
+        shard_info(path)
+    with pytest.raises(ShardCorruptError, match="schema_version expected 1, found 99"):
+        verify_shard(path)
+
+
+def test_not_a_shard(tmp_path):
+    p = tmp_path / "x.h5"
+    p.write_bytes(b"not hdf5 at all" * 100)
+    with pytest.raises(ShardCorruptError, match="cannot be opened as HDF5"):
+        verify_shard(p)
+    with pytest.raises(ShardCorruptError, match="missing"):
+        verify_shard(tmp_path / "nope.h5")
+    assert not os.path.exists(tmp_path / "nope.h5")
