@@ -1,0 +1,210 @@
+"""Synthetic 300W-LP in the real on-disk format (CONVENTIONS.md section 1).
+
+Layout written under ``out/300W_LP/``::
+
+    AFW/ HELEN/ IBUG/ LFPW/            <name>.jpg (450x450x3 JPEG) + <name>.mat
+    AFW_Flip/ ... LFPW_Flip/           mirrored copies, same names
+    landmarks/AFW/ ... landmarks/LFPW/ <name>_pts.mat (pts_2d, pts_3d), non-flipped only
+    Code/readme.txt
+
+``n`` is the number of non-flipped samples (the ``_Flip`` copies double it),
+spread over the subsets in the real proportions (IBUG 1,786 : AFW 5,207 :
+LFPW 16,556 : HELEN 37,676; at least one each when n >= 4).  Samples come in
+groups of one source "photo": ``k = 0`` is the photo's pose and ``k = 1 ...``
+rotate the same face further towards profile (same identity, expression,
+scale, pitch, roll, lighting and background; the landmark centroid stays
+put), 4-9 steps per photo, the last ending between 60 and 88 degrees of yaw.
+Names: ``AFW_<id>_<face>_<k>``, ``HELEN_<id>_<face>_<k>``,
+``IBUG_image_<nnn>_<face>_<k>``, ``LFPW_image_{train,test}_<nnnn>_<k>``.
+
+Per-image ``.mat`` (keys in the real files' order): ``pt2d`` (2,68) float64
+1-based, ``roi`` (1,4) int16, ``Illum_Para`` (1,10) float64, ``Color_Para``
+(1,7) float32, ``Tex_Para`` (199,1) float64, ``Shape_Para`` (199,1) float64,
+``Exp_Para`` (29,1) float64, ``Pose_Para`` (1,7) float32; no ``pt3d_68``.
+
+* ``pt2d`` is the 2D annotation of the photo (k = 0): the jaw points follow
+  the visible silhouette (landmark marching).  For k > 0 it is **copied from
+  k = 0**, as the real data's per-image ``pt2d`` reportedly is (the pitfall).
+* ``landmarks/<SUBSET>/<name>_pts.mat``: ``pts_2d`` (68,2) the silhouette
+  (marched) 2D landmarks of this very image and ``pts_3d`` (68,2) the
+  projection of the fixed 3D landmark vertices, both 1-based float64.
+* Photos whose index within their subset is 3 mod 10 have a neutral (all
+  zero) expression, and their ``Exp_Para`` is stored as MATLAB stores an
+  all-zero double array: uint8 data (``loadmat`` returns uint8 unless
+  ``mat_dtype=True``).
+* ``roi``: the square box 2x the size of the k = 0 landmarks' box, 1-based
+  [x1, y1, x2, y2], int16, the same for all k (like ``pt2d``).
+* ``_Flip`` copies: the image mirrored left-right (encoded separately);
+  ``pt2d`` x -> w + 1 - x (1-based) **in the same point order** (index i is
+  still the mirrored position of the original's point i; readers re-order
+  with the 68-point mirror permutation), ``roi`` mirrored likewise;
+  ``Pose_Para`` = [pitch, -yaw, -roll, w + 1 - tx, ty, tz, s] (the pose that
+  maps the mirrored shape onto the mirrored image); every other field is the
+  original's.  There are no landmark files for ``_Flip`` samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import camera
+from . import Face, draw, encode_jpeg, f32, params_block, place, project, sample_face, write_mat_v5
+from .render import Style, background
+
+SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
+REAL_COUNTS = {"IBUG": 1786, "AFW": 5207, "LFPW": 16556, "HELEN": 37676}
+SIZE = (450, 450)
+_SUBSET_SEED = {s: i for i, s in enumerate(SUBSETS)}
+
+README = """300W-LP -- SYNTHETIC copy written by `dhm-data synth 300wlp`.
+
+Faces drawn from the dhm-data SYNTHETIC face model (not the Basel Face Model);
+the layout, keys, shapes and dtypes are those of the real 300W-LP release
+(Zhu et al., "Face Alignment Across Large Poses: A 3D Solution", CVPR 2016).
+This folder stands in for the real release's Code/ folder and holds no code.
+"""
+
+
+def split_counts(n: int) -> dict:
+    """Non-flipped samples per subset, proportional to the real counts
+    (largest remainder), at least one per subset when ``n >= 4``."""
+    total = sum(REAL_COUNTS.values())
+    want = {s: n * REAL_COUNTS[s] / total for s in SUBSETS}
+    counts = {s: int(np.floor(v)) for s, v in want.items()}
+    if n >= 4:
+        for s in SUBSETS:
+            counts[s] = max(counts[s], 1)
+    order = sorted(SUBSETS, key=lambda s: (-(want[s] - np.floor(want[s])), s))
+    i = 0
+    while sum(counts.values()) < n:
+        counts[order[i % 4]] += 1
+        i += 1
+    while sum(counts.values()) > n:
+        big = max(SUBSETS, key=lambda s: (counts[s], s))
+        counts[big] -= 1
+    return counts
+
+
+def photo_stem(subset: str, j: int) -> str:
+    """Name of photo ``j`` of ``subset`` without the ``_<k>`` suffix."""
+    face = 1 + j % 2
+    if subset == "AFW":
+        return f"AFW_{1000000 + 7919 * j}_{face}"
+    if subset == "HELEN":
+        return f"HELEN_{100000000 + 104729 * j}_{face}"
+    if subset == "IBUG":
+        return f"IBUG_image_{j + 1:03d}_{face}"
+    return f"LFPW_image_{'test' if j % 5 == 0 else 'train'}_{j + 1:04d}"
+
+
+def mirror_pose(pose, w: int) -> np.ndarray:
+    """``Pose_Para`` of the mirrored image: yaw and roll negated, tx -> w + 1 - tx."""
+    p = np.asarray(pose, np.float64).copy()
+    p[1], p[2], p[3] = -p[1], -p[2], w + 1 - p[3]
+    return f32(p)
+
+
+def write(root, n: int, seed: int, model, progress=None) -> dict:
+    base = root / "300W_LP"
+    for s in SUBSETS:
+        for d in (base / s, base / f"{s}_Flip", base / "landmarks" / s):
+            d.mkdir(parents=True, exist_ok=True)
+    (base / "Code").mkdir()
+    (base / "Code" / "readme.txt").write_text(README)
+    counts = split_counts(n)
+    truth = {k: [] for k in ("names", "pose_para", "shape_para", "exp_para", "landmarks_3d", "landmark_vertices", "pts_2d_vertices")}
+    done = 0
+    h, w = SIZE
+    for s in SUBSETS:
+        left, j = counts[s], 0
+        while left > 0:
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[s], j]))
+            steps = min(int(rng.integers(4, 10)), left)
+            written = _photo(base, s, j, steps, rng, model, truth)
+            left -= written
+            done += written
+            j += 1
+            if progress:
+                progress(done, n)
+    counts_all = {}
+    for s in SUBSETS:
+        counts_all[s] = counts[s]
+        counts_all[f"{s}_Flip"] = counts[s]
+    np.savez(
+        root / "synthetic_truth.npz",
+        names=np.asarray(truth["names"]),
+        pose_para=np.asarray(truth["pose_para"]),
+        shape_para=np.asarray(truth["shape_para"]),
+        exp_para=np.asarray(truth["exp_para"]),
+        landmarks_3d=np.asarray(truth["landmarks_3d"]),
+        landmark_vertices=np.asarray(truth["landmark_vertices"]),
+        marched_vertices=np.asarray(truth["pts_2d_vertices"]),
+    )
+    return {
+        "counts": counts_all,
+        "notes": {
+            "pt2d": "per-image pt2d of k>0 samples is copied from k=0 (as in the real data); landmarks/*_pts.mat hold this image's pts_2d (silhouette) and pts_3d (fixed 3D landmarks), 1-based",
+            "compact_exp_para": "photos with index 3 mod 10 within their subset have an all-zero Exp_Para stored as uint8 (MATLAB's compact storage)",
+            "flip": "_Flip: mirrored image, pt2d x -> w+1-x in the original point order, Pose_Para [pitch,-yaw,-roll,w+1-tx,ty,tz,s], other fields copied",
+            "synthetic_truth.npz": "non-flipped samples: names (SUBSET/stem), pose_para, shape_para, exp_para, landmarks_3d (N,68,3) 0-based fixed 3D landmarks, landmark_vertices, marched_vertices (of pts_2d)",
+        },
+    }
+
+
+def _photo(base, subset, j, steps, rng, model, truth) -> int:
+    h, w = SIZE
+    neutral = j % 10 == 3
+    yaw0 = float(np.radians(rng.uniform(0, 35)) * (1 if rng.random() < 0.5 else -1))
+    face0 = sample_face(model, rng, SIZE, yaw=yaw0, neutral=neutral)
+    last = np.radians(rng.uniform(60, 88))
+    direction = 1.0 if yaw0 >= 0 else -1.0
+    yaws = [yaw0] + [direction * (abs(yaw0) + (last - abs(yaw0)) * k / max(steps - 1, 1)) for k in range(1, steps)]
+    style = Style.random(rng)
+    bg = background(h, w, rng)
+    params = params_block(face0, rng, model, compact_exp=neutral)
+    S = face0.shape(model)
+    li = model.landmark_indices
+    c0 = camera.model_to_image(S[li], face0.pose_para, h)[:, :2].mean(0) + 1  # 1-based centroid
+    stem = photo_stem(subset, j)
+
+    pt2d0 = roi0 = None
+    for k in range(steps):
+        if k == 0:
+            face = face0
+        else:
+            p = face0.pose_para
+            face = Face(face0.shape_para, face0.exp_para, place(model, S, p[0], yaws[k], p[2], p[6], c0, SIZE), SIZE)
+        name = f"{stem}_{k}"
+        marched, mv, _, _ = project(model, face, marched=True)
+        fixed, fv, _, _ = project(model, face, marched=False)
+        pts_2d = camera.zero_based_to_one_based(marched[:, :2])
+        pts_3d = camera.zero_based_to_one_based(fixed[:, :2])
+        if k == 0:
+            pt2d0 = pts_2d.copy()
+            lo, hi = pt2d0.min(0), pt2d0.max(0)
+            c, half = (lo + hi) / 2, (hi - lo).max()
+            roi0 = np.round([c[0] - half, c[1] - half, c[0] + half, c[1] + half]).astype(np.int16).reshape(1, 4)
+        img = draw(model, face, style, bg)
+        pose = np.asarray(face.pose_para, np.float32).reshape(1, 7)
+        mat = [("pt2d", pt2d0.T.copy()), ("roi", roi0)] + [(key, params[key]) for key in ("Illum_Para", "Color_Para", "Tex_Para", "Shape_Para", "Exp_Para")] + [("Pose_Para", pose)]
+        (base / subset / f"{name}.jpg").write_bytes(encode_jpeg(img))
+        write_mat_v5(base / subset / f"{name}.mat", mat)
+        write_mat_v5(base / "landmarks" / subset / f"{name}_pts.mat", [("pts_2d", pts_2d), ("pts_3d", pts_3d)])
+        # mirrored copy
+        fl_pt2d = pt2d0.copy()
+        fl_pt2d[:, 0] = w + 1 - fl_pt2d[:, 0]
+        r = roi0.astype(np.int32).ravel()
+        fl_roi = np.array([[w + 1 - r[2], r[1], w + 1 - r[0], r[3]]], np.int16)
+        fl_pose = mirror_pose(face.pose_para, w).astype(np.float32).reshape(1, 7)
+        fl_mat = [("pt2d", fl_pt2d.T.copy()), ("roi", fl_roi)] + mat[2:-1] + [("Pose_Para", fl_pose)]
+        (base / f"{subset}_Flip" / f"{name}.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(img[:, ::-1])))
+        write_mat_v5(base / f"{subset}_Flip" / f"{name}.mat", fl_mat)
+
+        truth["names"].append(f"{subset}/{name}")
+        truth["pose_para"].append(np.asarray(face.pose_para, np.float64))
+        truth["shape_para"].append(np.asarray(face.shape_para, np.float64))
+        truth["exp_para"].append(np.asarray(face.exp_para, np.float64))
+        truth["landmarks_3d"].append(fixed)
+        truth["landmark_vertices"].append(fv)
+        truth["pts_2d_vertices"].append(mv)
+    return steps
