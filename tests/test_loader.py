@@ -1,0 +1,372 @@
+"""ShardDataset, Loader, ordering, rank partitions, workers and flip augmentation."""
+
+import math
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from dhm_data import schema
+from dhm_data.dhm import render_dhm
+from dhm_data.landmarks68 import CENTRE_68, LEFT_EYE, MIRROR_68, RIGHT_EYE, mirror_landmarks
+from dhm_data.loader import (
+    HorizontalFlip,
+    Loader,
+    LoaderError,
+    ShardDataset,
+    epoch_order,
+    rank_order,
+    shard_paths,
+)
+from dhm_data.shards import ShardError, read_columns, write_shard
+
+from test_shards import make_columns
+
+SIZES = (40, 27, 20)   # 87 samples in three shards (+ one empty shard)
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("build") / "train"
+    d.mkdir()
+    start = 0
+    for k, n in enumerate(SIZES):
+        cols = make_columns(n, size=16, seed=k)
+        cols["name"] = np.array([f"s{start + i:03d}" for i in range(n)], dtype=object)
+        write_shard(d / f"shard-{k:05d}.h5", cols, {"split": "train", "pipeline": {"dhm": {"sigma": 1.0}}})
+        start += n
+    write_shard(d / "shard-00003.h5", {}, {"n_samples": 0})
+    (d / ".shard-00004.h5.tmp-123").write_bytes(b"partial")
+    (d / "notes.txt").write_text("x")
+    return d
+
+
+def all_columns(split_dir):
+    parts = [read_columns(p) for p in sorted(split_dir.glob("shard-*.h5"))[:3]]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+# ------------------------------------------------------------------ dataset
+def test_shard_paths(split_dir):
+    assert [p.name for p in shard_paths(split_dir)] == [f"shard-{k:05d}.h5" for k in range(4)]
+    assert shard_paths([split_dir / "shard-00001.h5", split_dir / "shard-00000.h5"])[0].name == "shard-00001.h5"
+    with pytest.raises(ShardError, match="no shard-\\*.h5 files"):
+        shard_paths(split_dir.parent)
+    with pytest.raises(ShardError, match="no such shard file"):
+        shard_paths(split_dir / "nope.h5")
+
+
+def test_dataset_matches_shards(split_dir):
+    ds = ShardDataset(split_dir)
+    assert len(ds) == sum(SIZES) and len(ds.paths) == 3   # the empty shard is skipped
+    cols = all_columns(split_dir)
+    for i in (0, 39, 40, 66, 67, 86, -1):
+        s = ds[i]
+        j = i % len(ds)
+        assert s["name"] == f"s{j:03d}" and isinstance(s["name"], str)
+        for k, v in s.items():
+            if schema.field(k).is_text:
+                assert v == cols[k][j]
+            else:
+                np.testing.assert_array_equal(v, cols[k][j], err_msg=k)
+    assert ds[5]["dhm"].dtype == np.float32 and ds[5]["image"].shape == (16, 16, 3)
+    with pytest.raises(IndexError, match="out of range"):
+        ds[87]
+    b = ds.read_batch([86, 0, 45, 45])
+    assert b["name"].tolist() == ["s086", "s000", "s045", "s045"]
+    np.testing.assert_array_equal(b["landmarks_3d"], cols["landmarks_3d"][[86, 0, 45, 45]])
+    assert ds.pipeline == {"dhm": {"sigma": 1.0}}
+
+
+def test_dataset_reads_only_requested_fields(split_dir):
+    ds = ShardDataset(split_dir, fields=["image", "yaw"], dhm_dtype="uint8")
+    s = ds[3]
+    assert set(s) == {"image", "yaw"}
+    st = ds._file(0)
+    assert set(st.arrays) | set(st.datasets) == {"image", "yaw"}
+    assert isinstance(st.arrays["image"], np.memmap)   # raw crops are memory-mapped
+    u8 = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8").read_batch([1, 50])["dhm"]
+    f32 = ShardDataset(split_dir, fields=["dhm"]).read_batch([1, 50])["dhm"]
+    assert u8.dtype == np.uint8
+    np.testing.assert_array_equal(f32, u8 / np.float32(255))
+    with pytest.raises(KeyError, match="unknown shard field"):
+        ShardDataset(split_dir, fields=["image", "pixels"])
+
+
+def _read_in_child(ds, idx):
+    b = ds.read_batch(idx)
+    return {k: v for k, v in b.items()}
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataset_in_worker_processes(split_dir, method):
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} not available")
+    ds = ShardDataset(split_dir)
+    want = ds.read_batch([3, 50, 80])   # the parent has open handles before forking
+    with mp.get_context(method).Pool(2) as pool:
+        got = pool.starmap(_read_in_child, [(ds, [3, 50, 80]), (ds, [3, 50, 80])])
+    for g in got:
+        for k in want:
+            np.testing.assert_array_equal(g[k], want[k], err_msg=k)
+    assert ds._pid is not None  # parent state kept
+
+
+def test_torch_dataloader_accepts_dataset(split_dir):
+    torch = pytest.importorskip("torch")
+    ds = ShardDataset(split_dir, fields=["image", "landmarks_2d", "name"])
+    dl = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, shuffle=False)
+    names, lms = [], []
+    for b in dl:
+        names += list(b["name"])
+        lms.append(b["landmarks_2d"].numpy())
+    assert names == [f"s{i:03d}" for i in range(87)]
+    np.testing.assert_array_equal(np.concatenate(lms), all_columns(split_dir)["landmarks_2d"])
+
+
+# ------------------------------------------------------------------ order
+def test_epoch_order_is_a_seeded_permutation():
+    lengths = [40, 27, 20]
+    a = epoch_order(lengths, seed=3, epoch=0)
+    assert sorted(a.tolist()) == list(range(87))
+    np.testing.assert_array_equal(a, epoch_order(lengths, seed=3, epoch=0))
+    assert not np.array_equal(a, epoch_order(lengths, seed=3, epoch=1))
+    assert not np.array_equal(a, epoch_order(lengths, seed=4, epoch=0))
+    np.testing.assert_array_equal(epoch_order(lengths, 3, 0, shuffle=False), np.arange(87))
+
+
+def test_epoch_order_blocks_stay_within_a_shard():
+    lengths = [10, 7]
+    o = epoch_order(lengths, seed=0, epoch=0, block_size=4, window=1)   # no within-window shuffle
+    # Each block: consecutive samples of one shard; shards cut into 4, 4, 2 and 4, 3.
+    want = [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9), (10, 11, 12, 13), (14, 15, 16)]
+    assert sorted(o.tolist()) == list(range(17))
+    pos = {v: k for k, v in enumerate(o.tolist())}
+    for b in want:
+        p = [pos[v] for v in b]
+        assert p == list(range(p[0], p[0] + len(b))), b   # each block appears contiguous and in order
+    # A window shuffles only inside consecutive windows of positions.
+    w = epoch_order(lengths, seed=0, epoch=0, block_size=4, window=5)
+    for s in range(0, 17, 5):
+        assert sorted(w[s:s + 5].tolist()) == sorted(o[s:s + 5].tolist())
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_rank_partitions(split_dir, world_size, drop_last):
+    n, bs = 87, 8
+    ds = ShardDataset(split_dir, fields=["yaw"])
+    loaders = [Loader(ds, batch_size=bs, seed=1, epoch=2, rank=r, world_size=world_size, drop_last=drop_last)
+               for r in range(world_size)]
+    parts = [ld.order() for ld in loaders]
+    order = epoch_order(ds.lengths, seed=1, epoch=2)
+    for r, p in enumerate(parts):
+        np.testing.assert_array_equal(p, rank_order(order, r, world_size, bs, drop_last))
+    sizes = {len(p) for p in parts}
+    assert len(sizes) == 1
+    per = sizes.pop()
+    allv = np.concatenate(parts)
+    if drop_last:
+        assert per == (n // world_size) // bs * bs and per % bs == 0
+        assert len(set(allv.tolist())) == len(allv)          # disjoint
+    else:
+        assert per == math.ceil(n / world_size)
+        assert set(allv.tolist()) == set(range(n))          # complete
+        assert len(allv) - len(set(allv.tolist())) == per * world_size - n < world_size  # only the padding repeats
+    nb = {len(ld) for ld in loaders}
+    assert nb == {math.ceil(per / bs)}
+    assert {len(ld.batches()) for ld in loaders} == nb
+    if drop_last:
+        assert all(len(b) == bs for ld in loaders for b in ld.batches())
+
+
+def test_loader_batches_cover_epoch_and_respect_epochs(split_dir):
+    ds = ShardDataset(split_dir, fields=["name", "yaw"])
+    ld = Loader(ds, batch_size=10, shuffle=True, seed=7)
+    names0 = [n for b in ld for n in b["name"]]
+    assert len(ld) == 9 and sorted(names0) == sorted(f"s{i:03d}" for i in range(87))
+    assert [n for b in ld for n in b["name"]] == names0             # same epoch: same order
+    ld.set_epoch(1)
+    names1 = [n for b in ld for n in b["name"]]
+    assert names1 != names0 and sorted(names1) == sorted(names0)
+    assert [n for b in Loader(ds, batch_size=10, seed=7, epoch=1) for n in b["name"]] == names1
+    assert [n for b in Loader(ds, batch_size=10, shuffle=False) for n in b["name"]] == [f"s{i:03d}" for i in range(87)]
+    dl = list(Loader(ds, batch_size=10, seed=7, drop_last=True))
+    assert len(dl) == 8 and all(len(b["yaw"]) == 10 for b in dl)
+
+
+def _batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert list(x) == list(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_worker_counts_give_identical_batches(split_dir, copy):
+    ds = ShardDataset(split_dir)
+    runs = {}
+    for w in (0, 1, 2):
+        with Loader(ds, batch_size=16, seed=5, epoch=3, num_workers=w, copy=copy, mp_context="fork") as ld:
+            got = []
+            for b in ld:
+                for v in b.values():
+                    assert v.flags.c_contiguous
+                got.append({k: v.copy() for k, v in b.items()})
+            runs[w] = got
+            ld.set_epoch(4)
+            other = [b["name"].copy() for b in ld]    # workers persist across epochs
+        assert [list(b["name"]) for b in got] != [list(n) for n in other]
+    _batches_equal(runs[0], runs[1])
+    _batches_equal(runs[0], runs[2])
+    assert sum(len(b["name"]) for b in runs[0]) == 87 and runs[0][-1]["image"].shape == (87 - 80, 16, 16, 3)
+
+
+def test_spawned_workers_and_ranks(split_dir):
+    ds = ShardDataset(split_dir, fields=["name", "landmarks_2d"])
+    ref = [b for b in Loader(ds, batch_size=8, seed=2, rank=1, world_size=3)]
+    with Loader(ds, batch_size=8, seed=2, rank=1, world_size=3, num_workers=2, mp_context="spawn") as ld:
+        _batches_equal(ref, list(ld))
+    names = [set(n for b in Loader(ds, batch_size=8, seed=2, rank=r, world_size=3) for n in b["name"]) for r in range(3)]
+    assert set.union(*names) == {f"s{i:03d}" for i in range(87)}
+    assert not (names[0] & names[1]) and not (names[1] & names[2]) and not (names[0] & names[2])  # 87 = 3 * 29
+
+
+def test_abandoned_iteration_and_worker_errors(split_dir):
+    ds = ShardDataset(split_dir, fields=["name"])
+    with Loader(ds, batch_size=4, seed=1, num_workers=2, mp_context="fork") as ld:
+        it = iter(ld)
+        first = [next(it)["name"].tolist() for _ in range(3)]
+        it.close()                                  # break mid-epoch
+        again = [b["name"].tolist() for b in ld]
+        assert again[:3] == first and len(again) == 22
+    def bad(batch, rng):
+        raise ValueError("boom in transform")
+    with Loader(ds, batch_size=4, num_workers=1, transform=bad, mp_context="fork") as ld:
+        with pytest.raises(LoaderError, match="boom in transform"):
+            list(ld)
+
+
+# ------------------------------------------------------------------ mirror / flip
+def test_mirror_68_permutation():
+    m = MIRROR_68
+    assert sorted(m.tolist()) == list(range(68))
+    np.testing.assert_array_equal(m[m], np.arange(68))          # involution
+    pairs = {0: 16, 1: 15, 7: 9, 17: 26, 21: 22, 31: 35, 32: 34, 36: 45, 37: 44, 38: 43, 39: 42, 40: 47,
+             41: 46, 48: 54, 49: 53, 50: 52, 55: 59, 56: 58, 60: 64, 61: 63, 65: 67}
+    for a, b in pairs.items():
+        assert m[a] == b and m[b] == a
+    assert CENTRE_68.tolist() == [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
+    assert sorted(m[RIGHT_EYE].tolist()) == list(range(42, 48))
+    assert sorted(m[LEFT_EYE].tolist()) == list(range(36, 42))
+
+
+def test_mirror_68_on_the_bfm_mean_face(bfm68_dir):
+    """The BFM mean landmarks are left-right symmetric: mirroring x -> -x and
+    re-labelling with MIRROR_68 lands each point near its own position."""
+    mean = np.loadtxt(bfm68_dir / "u_base.txt").reshape(68, 3)
+    mirrored = mean[MIRROR_68] * [-1, 1, 1]
+    width = np.ptp(mean[:, 0])
+    err = np.linalg.norm(mirrored - mean, axis=1)
+    assert err.max() < 0.03 * width
+    wrong = np.linalg.norm(mean * [-1, 1, 1] - mean, axis=1)   # mirrored without re-labelling
+    assert wrong.max() > 0.5 * width
+
+
+def _grid_sample(S=100):
+    """68 landmarks on a 10-px grid (no Gaussian overlaps), integer positions."""
+    k = np.arange(68)
+    x = 5.0 + 10 * (k % 9)
+    y = 5.0 + 10 * (k // 9)
+    z = np.linspace(-20, 30, 68)[::-1] * np.where(k % 2, 1, -1)
+    return np.stack([x, y, z], 1).astype(np.float32)
+
+
+def test_horizontal_flip_hand_computed():
+    S = 100
+    lm3 = _grid_sample(S)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2, S, S, 3), dtype=np.uint8)
+    A = np.array([[2.0, 0.0, -30.0], [0.0, 2.0, -10.0]])
+    batch = {
+        "image": image.copy(),
+        "dhm": np.stack([render_dhm(lm3, S, 1.0)] * 2),
+        "landmarks_2d": np.stack([lm3[:, :2]] * 2),
+        "landmarks_3d": np.stack([lm3] * 2),
+        "crop_affine": np.stack([A, A]),
+        "yaw": np.array([30.0, 30.0], np.float32),
+    }
+    orig = {k: v.copy() for k, v in batch.items()}
+
+    class Rng:
+        def random(self, n):
+            return np.array([0.1, 0.9])[:n]     # sample 0 flips, sample 1 does not
+
+    out = HorizontalFlip(p=0.5, sigma=1.0)(batch, Rng())
+    assert out["hflip"].tolist() == [True, False]
+    for k in orig:                               # sample 1 untouched
+        np.testing.assert_array_equal(out[k][1], orig[k][1])
+    np.testing.assert_array_equal(out["image"][0], image[0][:, ::-1])
+    # Landmark m of the mirror is landmark MIRROR_68[m] with x -> 99 - x: e.g. jaw 0 <-> 16.
+    assert out["landmarks_2d"][0][0].tolist() == [99 - lm3[16, 0], lm3[16, 1]]
+    assert out["landmarks_2d"][0][36].tolist() == [99 - lm3[45, 0], lm3[45, 1]]
+    np.testing.assert_array_equal(out["landmarks_3d"][0][:, 2], lm3[MIRROR_68, 2])
+    np.testing.assert_array_equal(out["landmarks_3d"][0], mirror_landmarks(lm3, S))
+    assert out["yaw"][0] == -30.0
+    # Source point (40, 20) -> crop (50, 30) -> mirrored crop (49, 30).
+    np.testing.assert_allclose(out["crop_affine"][0] @ [40.0, 20.0, 1.0], [49.0, 30.0])
+    # DHM by hand: landmark l at integer (x, y) with normalised coords (xn, yn, zn); after the
+    # mirror its Gaussian sits at (99 - x, y) and carries (1 - xn, yn, zn).
+    xn = (lm3[:, 0] - lm3[:, 0].min()) / np.ptp(lm3[:, 0])
+    yn = (lm3[:, 1] - lm3[:, 1].min()) / np.ptp(lm3[:, 1])
+    zn = (lm3[:, 2] - lm3[:, 2].min()) / np.ptp(lm3[:, 2])
+    d = out["dhm"][0]
+    for l in (0, 16, 30, 36, 45, 67):
+        x, y = int(lm3[l, 0]), int(lm3[l, 1])
+        mx = 99 - x
+        np.testing.assert_allclose(d[y, mx], [1 - xn[l], yn[l], zn[l]], atol=1e-6)
+        w = math.exp(-0.5)                                    # one pixel to the side
+        np.testing.assert_allclose(d[y, mx + 1], w * np.array([1 - xn[l], yn[l], zn[l]]), atol=1e-6)
+        w2 = math.exp(-(4 + 9) / 2)                           # offset (dx, dy) = (2, 3)
+        np.testing.assert_allclose(d[y + 3, mx - 2], w2 * np.array([1 - xn[l], yn[l], zn[l]]), atol=1e-6)
+    # Relation to the unflipped DHM: x channel = w - x at the mirrored pixel, y and z mirrored.
+    orig_d = orig["dhm"][0]
+    wmap = np.zeros((S, S))
+    yy, xx = np.mgrid[0:S, 0:S]
+    for l in range(68):
+        dd = (xx - lm3[l, 0]) ** 2 + (yy - lm3[l, 1]) ** 2
+        inside = (np.abs(xx - lm3[l, 0]) <= 4) & (np.abs(yy - lm3[l, 1]) <= 4)   # the renderer's 4-sigma square
+        wmap = np.maximum(wmap, np.where(inside, np.exp(-dd / 2), 0))
+    np.testing.assert_allclose(d[:, :, 0], (wmap - orig_d[:, :, 0])[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(d[:, :, 1:], orig_d[:, ::-1, 1:], atol=1e-6)
+
+
+def test_flip_uint8_dhm_and_errors():
+    S = 100
+    lm3 = _grid_sample(S)
+    batch = {"dhm": schema.quantise(render_dhm(lm3, S, 1.0)[None]), "landmarks_3d": lm3[None].copy()}
+    out = HorizontalFlip(p=1.0, sigma=1.0)(batch, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["dhm"][0], schema.quantise(render_dhm(mirror_landmarks(lm3, S), S, 1.0)[None])[0])
+    with pytest.raises(LoaderError, match="needs the landmarks_3d"):
+        HorizontalFlip(p=1.0, sigma=1.0)({"dhm": np.zeros((1, S, S, 3), np.float32)}, np.random.default_rng(0))
+
+
+def test_flip_in_loader_is_reproducible_across_workers(split_dir):
+    ds = ShardDataset(split_dir, fields=["image", "dhm", "landmarks_2d", "landmarks_3d", "name"])
+    flip = HorizontalFlip.for_dataset(ds, p=0.5)
+    assert flip.sigma == 1.0
+    runs = []
+    for w in (0, 2):
+        with Loader(ds, batch_size=16, seed=9, num_workers=w, transform=flip, mp_context="fork") as ld:
+            runs.append([{k: v.copy() for k, v in b.items()} for b in ld])
+    _batches_equal(runs[0], runs[1])
+    mask = np.concatenate([b["hflip"] for b in runs[0]])
+    assert 20 < mask.sum() < 67
+    plain = {n: i for i, n in enumerate(ShardDataset(split_dir, fields=["name"]).read_batch(np.arange(87))["name"])}
+    cols = all_columns(split_dir)
+    b = runs[0][0]
+    for j, n in enumerate(b["name"]):
+        i = plain[n]
+        want = cols["image"][i][:, ::-1] if b["hflip"][j] else cols["image"][i]
+        np.testing.assert_array_equal(b["image"][j], want)
