@@ -8,7 +8,9 @@ be checked by eye.  Pure numpy + OpenCV drawing, seeded, deterministic.
 * Face: the mesh's camera-facing triangles, flat Lambertian-shaded skin,
   drawn back to front (painter's algorithm) with sub-pixel vertex positions.
 * Features, drawn at the projected **landmark vertices** and interleaved with
-  the triangles by depth (so the nose hides the far eye at large yaw): brows
+  the triangles by depth (a feature goes after every triangle less than
+  ~8 mm in front of its foremost vertex, so the nose still hides the far eye
+  at large yaw): brows
   (dark polylines 17-21, 22-26), eyes (white polygon 36-41 / 42-47, dark iris
   disc at the eye centre, dark lid outline), nostrils (dark ellipses between
   31/33 and 33/35), lips (red polygon 48-59) and the mouth opening (dark
@@ -133,12 +135,11 @@ def render_face(
     depth = (a[:, 2] + b[:, 2] + c[:, 2]) / 3
     pts = _fixed(verts)
 
-    ops = [(float(depth[t]), 0, int(t)) for t in np.flatnonzero(front)]
     L = np.asarray(landmark_vertices)
     P = verts[L]
     N = fn[L]
     scale = float(np.linalg.norm(P[16, :2] - P[0, :2]) + np.linalg.norm(P[8, :2] - P[27, :2])) / 2 + 1e-6
-    lift = 0.06 * scale  # features are drawn over skin up to ~8 mm in front of them
+    lift = 0.06 * scale  # features are drawn over skin up to ~8 mm in front of their foremost vertex
 
     def visible(idx, thr=0.2):
         n = N[list(idx)].mean(0)
@@ -152,16 +153,28 @@ def render_face(
         ("nostrils", [31, 32, 33, 34, 35]),
         ("lips", list(range(48, 60))),
     ]
-    for k, (kind, idx) in enumerate(features):
-        if visible(idx):
-            ops.append((float(P[idx, 2].mean()) + lift, 1, k))
-    ops.sort(key=lambda o: (o[0], o[1], o[2]))
+    tri_ids = np.flatnonzero(front)
+    tri_ids = tri_ids[np.argsort(depth[tri_ids], kind="stable")]
+    tri_depth = depth[tri_ids]
+    feats = sorted((float(P[idx, 2].max()) + lift, k) for k, (_, idx) in enumerate(features) if visible(idx))
+    # each feature goes after the last triangle not in front of its depth
+    cuts = np.searchsorted(tri_depth, [d for d, _ in feats], side="right")
+    tri_pts = pts[triangles[tri_ids]]
+    col = colours[tri_ids].tolist()
+    ops = []
+    start = 0
+    for cut, (_, k) in zip(cuts, feats):
+        ops.append((start, int(cut)))
+        ops.append(k)
+        start = int(cut)
+    ops.append((start, len(tri_ids)))
 
-    for _, kind, k in ops:
-        if kind == 0:
-            cv2.fillConvexPoly(img, pts[triangles[k]], tuple(int(v) for v in colours[k]), cv2.LINE_8, SHIFT)
+    for op in ops:
+        if isinstance(op, tuple):
+            for t in range(*op):
+                cv2.fillConvexPoly(img, tri_pts[t], col[t], cv2.LINE_8, SHIFT)
             continue
-        name, idx = features[k]
+        name, idx = features[op]
         if name == "brow":
             th = max(2, int(round(0.03 * scale)))
             cv2.polylines(img, [_fixed(P[idx])], False, BROW_RGB, th, cv2.LINE_AA, SHIFT)

@@ -45,6 +45,7 @@ Per-image ``.mat`` (keys in the real files' order): ``pt2d`` (2,68) float64
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .. import camera
@@ -197,7 +198,7 @@ def _photo(base, subset, j, steps, rng, model, truth) -> int:
         fl_roi = np.array([[w + 1 - r[2], r[1], w + 1 - r[0], r[3]]], np.int16)
         fl_pose = mirror_pose(face.pose_para, w).astype(np.float32).reshape(1, 7)
         fl_mat = [("pt2d", fl_pt2d.T.copy()), ("roi", fl_roi)] + mat[2:-1] + [("Pose_Para", fl_pose)]
-        (base / f"{subset}_Flip" / f"{name}.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(img[:, ::-1])))
+        (base / f"{subset}_Flip" / f"{name}.jpg").write_bytes(encode_jpeg(cv2.flip(img, 1)))
         write_mat_v5(base / f"{subset}_Flip" / f"{name}.mat", fl_mat)
 
         truth["names"].append(f"{subset}/{name}")
