@@ -63,25 +63,29 @@ def march_landmarks(model: MorphableModel, shape: np.ndarray, pose_para: np.ndar
     """Landmark vertex indices ``(68,)`` with the 17 jaw points marched to the
     visible silhouette ("landmark marching", CONVENTIONS.md section 4).
 
-    For jaw landmark i on the image-left half (i < 8) the vertex of its
-    contour-candidate line with the smallest posed x is taken, on the right
-    half (i > 8) the largest; the chin (8) and the inner 51 points keep their
-    fixed vertex.  The posed x is computed with the roll removed (pitch and
-    yaw only), so the choice follows the face's own horizontal.  ``shape`` is
-    the ``(V, 3)`` reconstructed shape; returns the fixed indices when the
-    model has no contour candidates.
+    Jaw landmark i slides along its contour-candidate line to the vertex with
+    the smallest posed x (``R @ S``, full rotation) for i < 8 (image-left),
+    the largest for i > 8, the lowest (smallest posed y, model y up) for the
+    chin line 8 -- the rule of :func:`dhm_data.fitting.march_contour`, so a
+    fit reproduces these labels.  The inner 51 points keep their fixed
+    vertex.  ``shape`` is the ``(V, 3)`` reconstructed shape; returns the
+    fixed indices when the model has no contour candidates.
     """
     idx = np.asarray(model.landmark_indices, np.int64).copy()
     if model.contour_candidates is None:
         return idx
-    p = np.asarray(pose_para, np.float64)
-    R = camera.rotation_from_angles(p[0], p[1], 0.0)
+    _, R, _ = camera.pose_para_to_srt(pose_para)
     for i, line in enumerate(model.contour_candidates):
         line = np.asarray(line, np.int64)
-        if i == 8 or line.size == 0:
+        if line.size == 0:
             continue
-        x = shape[line] @ R[0]
-        idx[i] = line[np.argmin(x) if i < 8 else np.argmax(x)]
+        posed = shape[line] @ R[:2].T
+        if i < 8:
+            idx[i] = line[np.argmin(posed[:, 0])]
+        elif i > 8:
+            idx[i] = line[np.argmax(posed[:, 0])]
+        else:
+            idx[i] = line[np.argmin(posed[:, 1])]
     return idx
 
 
