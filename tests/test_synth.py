@@ -491,6 +491,16 @@ def test_refuses_non_empty_out_and_interrupt_leaves_nothing(tmp_path):
         synthesize("menpo", tmp_path / "x", 2)
     with pytest.raises(SynthError, match="at least 1"):
         synthesize("ls3dw", tmp_path / "x", 0)
+    from dataclasses import replace
+
+    m = load_synthetic_model()
+    li = m.landmark_indices.copy()
+    li[60:] = -1
+    with pytest.raises(SynthError, match=r"no vertex for landmarks \[60, 61"):
+        synthesize("ls3dw", tmp_path / "x", 2, model=replace(m, landmark_indices=li))
+    with pytest.raises(SynthError, match="no triangles"):
+        synthesize("ls3dw", tmp_path / "x", 2, model=replace(m, triangles=None))
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_synth(tmp_path):
@@ -506,3 +516,25 @@ def test_cli_synth(tmp_path):
     assert res.exit_code == 1 and "not empty" in res.output
     res = runner.invoke(main, ["synth", "lfpw", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2
+
+
+def test_another_model_via_bfm_option(tmp_path):
+    """A user model (here: the synthetic one truncated to 40/10 components,
+    saved in the compact format) drives the writer; coefficients are
+    zero-padded to the real 199 / 29 and the marker says it is not the
+    packaged model."""
+    from click.testing import CliRunner
+
+    from dhm_data.cli import main
+    from dhm_data.model_io.compact import save_compact
+
+    small = load_synthetic_model().truncated(40, 10)
+    path = save_compact(small, tmp_path / "small.npz")
+    res = CliRunner().invoke(main, ["synth", "aflw2000", "--out", str(tmp_path / "a"), "-n", "3", "--bfm", str(path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    marker = json.loads((tmp_path / "a" / "SYNTHETIC.json").read_text())
+    assert marker["model"] == "custom" and marker["model_name"] == small.name
+    for f in sorted((tmp_path / "a" / "AFLW2000").glob("*.mat")):
+        m = scipy.io.loadmat(f, mat_dtype=True)
+        assert m["Shape_Para"].shape == (199, 1) and not m["Shape_Para"][40:].any()
+        assert m["Exp_Para"].shape == (29, 1) and not m["Exp_Para"][10:].any()

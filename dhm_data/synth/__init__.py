@@ -300,6 +300,13 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
 
     custom = model is not None
     model = load_synthetic_model() if model is None else model
+    if not np.all(model.landmark_mask):
+        missing = np.flatnonzero(~model.landmark_mask).tolist()
+        raise SynthError(
+            f"model {model.name!r} has no vertex for landmarks {missing}; synthetic labels need all 68 landmarks mapped"
+        )
+    if model.triangles is None:
+        raise SynthError(f"model {model.name!r} has no triangles; the synthetic writer needs a mesh to draw")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
     if tmp.exists():
