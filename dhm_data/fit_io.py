@@ -55,13 +55,15 @@ class FitFileError(ValueError):
     """A fit result file is missing, unreadable or lacks / mis-shapes a key."""
 
 
-def write_fits(path, names, result, image_height=None, model_name: str = "", used_3d: bool = False) -> Path:
+def write_fits(path, names, result, image_height=None, model_name: str = "", used_3d: bool = False,
+               extra: dict | None = None) -> Path:
     """Write a :class:`~dhm_data.fitting.FitResult` to ``path`` (``.npz``) atomically.
 
     ``names`` ``(B,)`` sample names (``None``: ``"0".."B-1"``); ``result``
     ``None`` with no names writes a valid empty file (a shard whose samples
     were all rejected).  ``image_height`` scalar or ``(B,)`` pixels (``None``:
-    the heights the fit recorded, if any).  Returns the path.
+    the heights the fit recorded, if any).  ``extra``: more arrays to store
+    (e.g. ``input_fingerprint``), names must not clash.  Returns the path.
     """
     path = Path(path)
     if result is None:
@@ -94,6 +96,10 @@ def write_fits(path, names, result, image_height=None, model_name: str = "", use
         config=np.asarray(json.dumps(config, sort_keys=True, default=str)),
         used_3d=np.asarray(bool(used_3d)),
     )
+    for k, v in (extra or {}).items():
+        if k in arrays:
+            raise FitFileError(f"{path}: extra key {k!r} clashes with a standard key")
+        arrays[k] = np.asarray(v)
     with atomic.atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)

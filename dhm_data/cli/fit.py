@@ -1,0 +1,225 @@
+"""``dhm-data fit-bfm``: fit a morphable model's pose, identity and expression
+to 68 landmarks, for a raw dataset (into its build folder) or for any array."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+#: flagged fits printed to the console before "... and N more"
+_SHOW_FLAGGED = 30
+
+
+def _config(regularisation, max_iterations, tolerance, max_residual, jaw, method, pipeline_fit=None):
+    from ..fitting import FitConfig, FittingError
+
+    kw = {k: v for k, v in (pipeline_fit or {}).items() if k in FitConfig.__dataclass_fields__}
+    for k, v in (("regularisation", regularisation), ("max_iterations", max_iterations), ("tolerance", tolerance),
+                 ("max_residual", max_residual), ("jaw", jaw), ("method", method)):
+        if v is not None:
+            kw[k] = v
+    try:
+        return FitConfig(**kw)
+    except FittingError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+def _load_array(path: Path, what: str, shape_tail: tuple) -> np.ndarray:
+    """``.npy`` array, or the array ``what`` of an ``.npz``; checked shape ``(B,) + shape_tail``."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if what not in z.files:
+                    raise click.ClickException(f"{path}: key {what!r} is missing (keys: {', '.join(z.files)})")
+                a = z[what]
+        else:
+            a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{path}: cannot read as .npy/.npz ({e})") from e
+    if a.ndim != 1 + len(shape_tail) or a.shape[1:] != shape_tail:
+        want = "(B, " + ", ".join(map(str, shape_tail)) + ")"
+        raise click.ClickException(f"{path}: {what} has shape {a.shape}, expected {want} in pixel coordinates")
+    if not np.issubdtype(a.dtype, np.number):
+        raise click.ClickException(f"{path}: {what} has dtype {a.dtype}, expected numbers")
+    return a.astype(np.float64)
+
+
+def _heights(image_height: str | None, B: int) -> np.ndarray:
+    if image_height is None:
+        raise click.UsageError(
+            "--image-height is required with --landmarks: Pose_Para's ty depends on it (1-based vertical flip "
+            "y = h + 1 - y of the 300W-LP convention); pass the height in pixels (e.g. 450 for 300W-LP / "
+            "AFLW2000-3D images) or a .npy of B heights")
+    try:
+        return np.full(B, float(image_height))
+    except ValueError:
+        pass
+    p = Path(image_height)
+    h = np.load(p, allow_pickle=False).astype(np.float64).ravel() if p.is_file() else None
+    if h is None or h.shape != (B,):
+        raise click.BadParameter(f"{image_height}: expected a number or a .npy of {B} heights", param_hint="--image-height")
+    return h
+
+
+def _report_flagged(rows: list[dict], limit: float, echo) -> None:
+    if not rows:
+        return
+    echo(f"{len(rows)} fits flagged (not converged, or residual NME > {limit:g}):")
+    echo(f"  {'name':<40} {'NME':>8} {'px':>8} converged iterations points")
+    for r in rows[:_SHOW_FLAGGED]:
+        echo(f"  {r['name']:<40} {r['residual']:>8.4f} {r['residual_px']:>8.2f} {str(r['converged']):>9} "
+             f"{r['iterations']:>10} {r['n_points']:>6}")
+    if len(rows) > _SHOW_FLAGGED:
+        echo(f"  ... and {len(rows) - _SHOW_FLAGGED} more (key 'flagged' of the output file)")
+
+
+def _fingerprint(*arrays, params=None) -> str:
+    h = hashlib.sha256(json.dumps(params or {}, sort_keys=True, default=str).encode())
+    for a in arrays:
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("dataset", required=False, metavar="[DATASET]")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Raw dataset folder (DATASET mode).")
+@click.option("--bfm", required=True, type=click.Path(path_type=Path),
+              help="Morphable model file or folder (format detected), e.g. the 68-row BFM subset folder.")
+@click.option("--landmarks", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="(B, 68, 2) .npy (or .npz key 'landmarks') of 0-based pixel coordinates, NaN = missing.")
+@click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="3D landmark estimates: (B, 68, 3) .npy with --landmarks; an .npz with 'names' and "
+                   "'landmarks_3d' in DATASET mode. z = depth in pixels, larger = closer.")
+@click.option("--image-height", default=None, help="Image height in pixels, or a .npy of B heights (--landmarks mode).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="--landmarks mode: the .npz to write. DATASET mode: the build folder [default: out/DATASET].")
+@click.option("--regularisation", type=float, default=None, help="Prior weight (face-size normalised) [default: 1e-3].")
+@click.option("--max-iterations", type=int, default=None, help="Iterations at most [default: 10].")
+@click.option("--tolerance", type=float, default=None, help="Relative cost change that counts as converged [default: 0.02].")
+@click.option("--max-residual", type=float, default=None, help="Flag fits whose NME is above this [default: 0.05].")
+@click.option("--jaw", type=click.Choice(["silhouette", "fixed"]), default=None,
+              help="Jaw labels follow the silhouette (marching / down-weighting) or fixed 3D vertices [default: silhouette].")
+@click.option("--method", type=click.Choice(["gauss-newton", "alternating"]), default=None,
+              help="Joint Gauss-Newton or eos-style alternation [default: gauss-newton].")
+@click.option("--jobs", "-j", type=int, default=1, help="DATASET mode: worker processes, one shard each.")
+@click.option("--backend", default="loky", help="DATASET mode: joblib backend.")
+@click.option("--force", is_flag=True, help="--landmarks mode: refit even if OUT holds a fit of the same input.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regularisation, max_iterations, tolerance,
+            max_residual, jaw, method, jobs, backend, force, quiet):
+    """Fit pose (Pose_Para), identity and expression coefficients to 68 landmarks.
+
+    \b
+    Two modes:
+      dhm-data fit-bfm DATASET --root DIR --bfm MODEL [--landmarks-3d FILE] [--out BUILD]
+          fit every sample of a raw dataset (pipeline DATASET, e.g. ls3dw) into
+          BUILD/fits/, where `dhm-data build DATASET --out BUILD` picks them up;
+          resumable (finished shards are skipped).
+      dhm-data fit-bfm --landmarks L.npy --image-height H --bfm MODEL --out FITS.npz
+          fit any (B, 68, 2) array of 0-based pixel landmarks; writes Pose_Para
+          (B, 7), shape_para, exp_para, residuals and converged / flagged flags
+          (format: dhm_data.fit_io). Reruns with the same input skip the work.
+    """
+    from ..fit_io import FitFileError, flagged_table, read_fits, write_fits
+    from ..fitting import FittingError, fit
+    from ..model_io import ModelFileError, load_model
+
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    if (dataset is None) == (landmarks is None):
+        raise click.UsageError("give either DATASET (with --root) or --landmarks FILE.npy, not both / neither")
+    if landmarks is not None:
+        if root is not None:
+            raise click.UsageError("--root belongs to DATASET mode; with --landmarks give --out FILE.npz")
+        if out is None:
+            raise click.UsageError("--out FILE.npz is required with --landmarks")
+        lm = _load_array(landmarks, "landmarks", (68, 2))
+        l3 = _load_array(landmarks_3d, "landmarks_3d", (68, 3)) if landmarks_3d else None
+        if l3 is not None and len(l3) != len(lm):
+            raise click.ClickException(f"{landmarks_3d}: {len(l3)} rows of 3D landmarks for {len(lm)} rows in {landmarks}")
+        h = _heights(image_height, len(lm))
+        config = _config(regularisation, max_iterations, tolerance, max_residual, jaw, method)
+        try:
+            model = load_model(bfm)
+        except ModelFileError as e:
+            raise click.ClickException(str(e)) from e
+        fp = _fingerprint(lm, l3, h, params={"config": config.to_dict(), "model": model.name, "source": model.source})
+        if out.is_file() and not force:
+            try:
+                old = read_fits(out)
+                if str(old.get("input_fingerprint", "")) == fp:
+                    click.echo(f"{out}: already holds the fit of this input ({len(old['names'])} faces); skipped (--force to refit)")
+                    return
+            except FitFileError:
+                pass
+        try:
+            result = fit(lm, model, l3, config, image_height=h)
+        except FittingError as e:
+            raise click.ClickException(str(e)) from e
+        write_fits(out, None, result, h, model_name=model.name, used_3d=l3 is not None, extra={"input_fingerprint": fp})
+        fits = read_fits(out)
+        n = len(result)
+        click.echo(f"{out}: fitted {n} faces with {model.name} ({int(result.converged.sum())} converged, "
+                   f"{int(result.flagged.sum())} flagged), median NME {np.nanmedian(result.residual):.4f}")
+        _report_flagged(flagged_table(fits), config.max_residual, echo)
+        return
+    _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,
+                 method, jobs, backend, quiet, echo)
+
+
+def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,
+                 method, jobs, backend, quiet, echo):
+    """DATASET mode: the build's fit stage alone, through the same runner."""
+    from .. import atomic
+    from ..build import BuildError, BuildRequest, plan, resolve_model
+    from ..datasets import DatasetError
+    from ..fit_io import flagged_table, read_fits
+    from ..layout import BuildLayout
+    from ..model_io import ModelFileError
+    from ..pipeline import PipelineError
+    from ..runner import BuildLock, BuildLockedError, run_units
+
+    try:
+        from ..fit_stage import fit_shard, fit_units, load_landmarks_3d
+    except ImportError as e:  # pragma: no cover - depends on the build code
+        raise click.ClickException(f"DATASET mode needs dhm_data.fit_stage ({e}); use --landmarks mode") from e
+    if root is None:
+        raise click.UsageError("DATASET mode needs --root DIR (the raw dataset folder)")
+    out = out or Path("out") / Path(dataset).stem
+    overrides = {f"fit.{k}": v for k, v in (("regularisation", regularisation), ("max_iterations", max_iterations),
+                                             ("tolerance", tolerance), ("max_residual", max_residual), ("jaw", jaw),
+                                             ("method", method)) if v is not None}
+    req = BuildRequest(dataset, root, out, bfm, jobs, backend, False, overrides, not quiet)
+    layout = BuildLayout(out)
+    try:
+        cfg, reader, items, manifest, count_problems, splits = plan(req)
+        for p in count_problems:
+            echo(f"warning: count mismatch: {p}")
+        model = resolve_model(bfm, reader)
+        l3 = load_landmarks_3d(landmarks_3d) if landmarks_3d else None
+        _config(None, None, None, None, None, None, cfg.get("fit"))  # validate the pipeline's [fit] table
+        shard_size = int(cfg["shards"]["size"])
+        with BuildLock(layout):
+            units = fit_units(layout, reader, model.landmark_model(), cfg, splits, shard_size, landmarks_3d=l3)
+            results = run_units(layout, units, fit_shard, jobs=jobs, backend=backend, desc="fit-bfm", progress=not quiet)
+    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError) as e:
+        raise click.ClickException(str(e)) from e
+    flagged, fitted, conv, rejected = [], 0, 0, []
+    for u in units:
+        r = results[u.name]
+        fitted += r["fitted"]
+        conv += r["converged"]
+        rejected += r.get("rejections", [])
+        if r["fitted"]:
+            flagged += flagged_table(read_fits(u.outputs[0]))
+    listing = layout.root / "fits" / "flagged.jsonl"
+    atomic.write_bytes(listing, "".join(json.dumps(r, sort_keys=True) + "\n" for r in flagged).encode())
+    click.echo(f"fitted {fitted} samples of {reader.name} into {layout.root / 'fits'}: {conv} converged, "
+               f"{len(flagged)} flagged (list: {listing}), {len(rejected)} unreadable")
+    limit = float(cfg.get("fit", {}).get("max_residual", 0.05)) if max_residual is None else max_residual
+    _report_flagged(flagged, limit, echo)
