@@ -65,11 +65,12 @@ class Style:
 
 def background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """``(h, w, 3)`` uint8 RGB: smooth colour noise, a gradient and random shapes."""
+    hh, hw = (h + 1) // 2, (w + 1) // 2  # noise is made at half resolution, then upsampled
     small = rng.uniform(30, 220, (6, 6, 3)).astype(np.float32)
-    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    fine = cv2.resize(rng.normal(0, 12, (h // 8 + 1, w // 8 + 1, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    img = img + fine + np.linspace(-20, 20, h, dtype=np.float32)[:, None, None]
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    img = cv2.resize(small, (hw, hh), interpolation=cv2.INTER_CUBIC)
+    img += cv2.resize(rng.normal(0, 12, (h // 8 + 1, w // 8 + 1, 3)).astype(np.float32), (hw, hh), interpolation=cv2.INTER_LINEAR)
+    img += np.linspace(-20, 20, hh, dtype=np.float32)[:, None, None]
+    img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
     for _ in range(int(rng.integers(3, 8))):
         colour = tuple(int(c) for c in rng.integers(20, 236, 3))
         if rng.random() < 0.5:
