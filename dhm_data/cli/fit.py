@@ -89,8 +89,9 @@ def _fingerprint(*arrays, params=None) -> str:
 @click.command(context_settings={"show_default": True})
 @click.argument("dataset", required=False, metavar="[DATASET]")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Raw dataset folder (DATASET mode).")
-@click.option("--bfm", required=True, type=click.Path(path_type=Path),
-              help="Morphable model file or folder (format detected), e.g. the 68-row BFM subset folder.")
+@click.option("--bfm", type=click.Path(path_type=Path), default=None,
+              help="Morphable model file or folder (format detected), e.g. the 68-row BFM subset folder. "
+                   "Required, except for trees written by `dhm-data synth`, which bring their own model.")
 @click.option("--landmarks", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="(B, 68, 2) .npy (or .npz key 'landmarks') of 0-based pixel coordinates, NaN = missing.")
 @click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -138,6 +139,8 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
             raise click.UsageError("--root belongs to DATASET mode; with --landmarks give --out FILE.npz")
         if out is None:
             raise click.UsageError("--out FILE.npz is required with --landmarks")
+        if bfm is None:
+            raise click.UsageError("--bfm MODEL is required with --landmarks")
         lm = _load_array(landmarks, "landmarks", (68, 2))
         l3 = _load_array(landmarks_3d, "landmarks_3d", (68, 3)) if landmarks_3d else None
         if l3 is not None and len(l3) != len(lm):
