@@ -23,8 +23,9 @@ frontal view, i.e. the person's left; y up; z towards the camera):
   inter-pupil distance 64 mm, mouth width 52 mm, chin 90 mm below the eye
   line... see ``LANDMARKS_MM``), 7 contour-candidate vertices inward of
   each jaw landmark, denser rings around the eyes and mouth, and a
-  hexagonal grid (6.5 mm spacing) filling the face outline; Delaunay
-  triangles in the face plane (triangles outside the outline and across the
+  hexagonal grid (6.5 mm spacing) filling the face outline, thinned to
+  >= 3.4 mm between vertices (the vertex set is exactly left-right
+  symmetric: 720 vertices); Delaunay triangles in the face plane (triangles outside the outline and across the
   mouth slit are dropped).  The neutral mean carries a small expression
   mean (0.3 x the jaw-opening mode), as the BFM + 3DDFA mean does.
 * Identity basis, K = 199 (the size of 300W-LP's ``Shape_Para``): the
@@ -210,13 +211,18 @@ def build_vertices():
     d_edge = np.min(np.linalg.norm(cand[:, None, :] - poly[None], axis=2), axis=1)
     cand = cand[ok & (d_edge > 1.5)]
     have = np.asarray(pts)
-    for p in cand:
-        if np.min(np.hypot(*(have - p).T)) > 3.4:
-            have = np.vstack([have, p])
-    # outline vertices (between jaw landmarks and over the forehead)
-    for p in np.concatenate([jaw_outline(49), outline_polygon()[121:]]):
-        if np.min(np.hypot(*(have - p).T)) > 3.0:
-            have = np.vstack([have, p])
+    # greedy thinning on the image-left half, each point added with its mirror,
+    # so the vertex set is exactly left-right symmetric
+    outline = np.concatenate([jaw_outline(49), outline_polygon()[121:]])
+    for group, gap in ((cand, 3.4), (outline, 3.0)):
+        for x, y in group:
+            if x > 1e-9:
+                continue
+            new = [(x, y)] if x > -1e-9 else [(x, y), (-x, y)]
+            if len(new) == 2 and -2 * x <= gap:
+                continue
+            if np.min(np.hypot(*(have - (x, y)).T)) > gap:
+                have = np.vstack([have] + [np.asarray(new)])
     return have, np.asarray(lm_idx), contour
 
 

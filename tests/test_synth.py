@@ -114,9 +114,12 @@ def test_model_geometry_is_a_plausible_face(model):
     assert np.argmax(L[:, 2]) == 30  # the nose tip is the most forward landmark
     assert L[36:42, 0].max() < 0 < L[42:48, 0].min()
     assert 55 < np.linalg.norm(L[36:42].mean(0) - L[42:48].mean(0)) < 75  # inter-pupil distance (mm)
-    # left-right symmetric mean (within 1.5 mm; the expression mean is nearly symmetric)
+    # left-right symmetric mean landmarks and vertex set
     mirrored = L[MIRROR_68] * [-1, 1, 1]
-    assert np.abs(mirrored - L).max() < 1.5
+    assert np.abs(mirrored - L).max() < 0.01
+    V = model.mean / 1000.0
+    d = np.min(np.linalg.norm(V[:, None, :] - (V * [-1, 1, 1])[None], axis=2), axis=1)
+    assert d.max() < 0.01
 
 
 def test_model_contour_candidates_for_marching(model):
