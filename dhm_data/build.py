@@ -54,10 +54,15 @@ def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
 
         return load_model(bfm)
     marker = reader.synthetic_marker()
-    if marker is not None:
-        from .synthetic_model import load_synthetic_model
+    from .synthetic_model import SYNTHETIC_MODEL_ID, load_synthetic_model
 
+    if marker is not None and marker.get("model") == SYNTHETIC_MODEL_ID:
         return load_synthetic_model()
+    if marker is not None:
+        raise BuildError(
+            f"{reader.root}: this synthetic tree was drawn from a user model ({marker.get('model_name', 'custom')}); "
+            "give that model with --bfm"
+        )
     raise BuildError(
         f"{reader.root}: --bfm is required for real data (a Basel Face Model file or folder, e.g. 01_MorphableModel.mat "
         "with the 3DDFA expression model, face3d's BFM.mat, 3DDFA_V2's bfm_noneck_v3.pkl or the 68-row text subset); "

@@ -21,14 +21,18 @@ def _cmd(root, out, *extra):
 def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(tmp_path, synthetic_tree):
     root = synthetic_tree("300wlp", 40)
     ref = tmp_path / "reference"
-    subprocess.run(_cmd(root, ref), check=True, capture_output=True)
+    t0 = time.perf_counter()
+    subprocess.run(_cmd(root, ref, "--jobs", "2"), check=True, capture_output=True)
+    duration = time.perf_counter() - t0
     expected = shard_contents(ref)
     assert len(expected) >= 10
 
     rng = np.random.default_rng(1234)
     out = tmp_path / "killed"
     kills = 0
-    for delay in rng.uniform(0.3, 2.5, size=4):
+    # kill points spread over the run (interpreter start-up included), the
+    # earliest first so that several runs are cut while work remains
+    for delay in np.sort(rng.uniform(0.2, 0.9, size=5)) * duration:
         p = subprocess.Popen(_cmd(root, out, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
         time.sleep(delay)
