@@ -69,12 +69,71 @@ def shard_paths(path_or_paths) -> list[Path]:
 class _FileState:
     """Per-process open state of one shard."""
 
-    __slots__ = ("h5", "arrays", "datasets")
+    __slots__ = ("h5", "arrays", "datasets", "chunks", "filemap")
 
     def __init__(self, h5):
         self.h5 = h5
         self.arrays = {}     # name -> np.memmap (raw) or in-memory array (small, text)
-        self.datasets = {}   # name -> h5py dataset (chunked)
+        self.datasets = {}   # name -> h5py dataset (chunked, read through HDF5)
+        self.chunks = {}     # name -> list of absolute addresses of per-sample Blosc chunks
+        self.filemap = None  # np.memmap of the whole file (keeps chunk addresses valid)
+
+
+_BLOSC = None
+
+
+def _blosc_decoder():
+    """``blosc_decompress_ctx`` from hdf5plugin's Blosc filter library (ctypes),
+    or None where it cannot be loaded (then chunks are read through h5py)."""
+    global _BLOSC
+    if _BLOSC is None:
+        _BLOSC = False
+        if os.environ.get("DHM_DATA_NO_DIRECT_BLOSC"):
+            return None
+        try:
+            import ctypes
+
+            import hdf5plugin
+
+            for name in ("libh5blosc.so", "libh5blosc.dylib", "h5blosc.dll", "libh5blosc.dll"):
+                path = os.path.join(hdf5plugin.PLUGIN_PATH, name)
+                if os.path.exists(path):
+                    lib = ctypes.CDLL(path)
+                    fn = lib.blosc_decompress_ctx
+                    fn.restype = ctypes.c_int
+                    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                    _BLOSC = fn
+                    break
+        except Exception:
+            _BLOSC = False
+    return _BLOSC or None
+
+
+def _chunk_table(ds, n: int, sample_bytes: int, filemap: np.ndarray):
+    """Absolute addresses of the per-sample Blosc chunks of ``ds`` in ``filemap``,
+    or None when any chunk is not a plain Blosc frame of the expected size."""
+    offsets = np.full(n, -1, np.int64)
+    sizes = np.zeros(n, np.int64)
+
+    def visit(c):
+        if c.filter_mask == 0:
+            offsets[c.chunk_offset[0]] = c.byte_offset
+            sizes[c.chunk_offset[0]] = c.size
+
+    try:
+        ds.id.chunk_iter(visit)
+    except Exception:
+        for i in range(n):
+            visit(ds.id.get_chunk_info(i))
+    if (offsets < 0).any() or (sizes < 16).any() or (offsets + sizes > len(filemap)).any():
+        return None
+    # Blosc header: bytes 4-7 uncompressed size, 12-15 compressed size (little endian).
+    head = filemap[offsets[:, None] + np.arange(16)].copy()
+    nbytes = head[:, 4:8].copy().view("<u4")[:, 0]
+    cbytes = head[:, 12:16].copy().view("<u4")[:, 0]
+    if (nbytes != sample_bytes).any() or (cbytes != sizes).any():
+        return None
+    return (offsets + filemap.ctypes.data).tolist()
 
 
 class ShardDataset:
@@ -187,7 +246,15 @@ class ShardDataset:
             elif off is not None:
                 st.arrays[name] = np.memmap(path, dtype=ds.dtype, mode="r", offset=off, shape=(n,) + ds.shape[1:])
             else:
-                st.datasets[name] = ds
+                table = None
+                if f.quantised and ds.chunks == (1,) + ds.shape[1:] and "32001" in ds._filters and _blosc_decoder():
+                    if st.filemap is None:
+                        st.filemap = np.memmap(path, dtype=np.uint8, mode="r")
+                    table = _chunk_table(ds, n, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, st.filemap)
+                if table is not None:
+                    st.chunks[name] = table
+                else:
+                    st.datasets[name] = ds
         return st
 
     def close(self) -> None:
@@ -196,6 +263,8 @@ class ShardDataset:
             for st in self._files.values():
                 st.arrays.clear()
                 st.datasets.clear()
+                st.chunks.clear()
+                st.filemap = None
                 st.h5.close()
         self._files = {}
 
@@ -254,8 +323,17 @@ class ShardDataset:
                         dst = scratch[name] = np.empty((B,) + self._shapes[name], np.uint8)
                 else:
                     dst = res[name]
-                if name in st.datasets:
-                    ds = st.datasets[name]
+                if name in st.chunks and dst.flags.c_contiguous:
+                    addr = st.chunks[name]
+                    dec = _blosc_decoder()
+                    sz = dst[0].nbytes
+                    base = dst.ctypes.data
+                    for p, i in zip(pos.tolist(), loc.tolist()):
+                        if dec(addr[i], base + p * sz, sz, 1) != sz:
+                            raise ShardError(f"{self.paths[k]}: field {name!r}: sample {i}: Blosc chunk failed to "
+                                             "decompress (run `dhm-data verify`)")
+                elif name in st.chunks or name in st.datasets:
+                    ds = st.datasets.get(name) or st.h5[name]
                     for p, i in zip(pos.tolist(), loc.tolist()):
                         dst[p] = ds[i]
                 else:
@@ -623,8 +701,9 @@ class Loader:
             for b in range(nb):
                 while b not in ready:
                     g, bb, slot, B, extras, err = self._get()
-                    if g != gen:
+                    if g != gen:   # a task of an abandoned iteration: recycle its slot
                         self._free.append(slot)
+                        submit()
                         continue
                     if err is not None:
                         self._free.append(slot)

@@ -235,12 +235,14 @@ def test_spawned_workers_and_ranks(split_dir):
 
 def test_abandoned_iteration_and_worker_errors(split_dir):
     ds = ShardDataset(split_dir, fields=["name"])
-    with Loader(ds, batch_size=4, seed=1, num_workers=2, mp_context="fork") as ld:
-        it = iter(ld)
-        first = [next(it)["name"].tolist() for _ in range(3)]
-        it.close()                                  # break mid-epoch
+    with Loader(ds, batch_size=4, seed=1, num_workers=2, mp_context="fork", timeout=20) as ld:
+        for cut in (1, 1, 3, 1):                    # break mid-epoch, slots still in flight
+            it = iter(ld)
+            first = [next(it)["name"].tolist() for _ in range(cut)]
+            it.close()
         again = [b["name"].tolist() for b in ld]
-        assert again[:3] == first and len(again) == 22
+        assert again[:1] == first and len(again) == 22
+        assert sorted(n for b in again for n in b) == [f"s{i:03d}" for i in range(87)]
     def bad(batch, rng):
         raise ValueError("boom in transform")
     with Loader(ds, batch_size=4, num_workers=1, transform=bad, mp_context="fork") as ld:
