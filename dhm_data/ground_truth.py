@@ -16,7 +16,10 @@ three sources, all converted to **0-based pixels of the source image**:
     folder, yaw only if ``aflw2000_root`` is given).  LS3D-W subsets have no yaw bins.
 (c) a build directory (``dhm-data build``): the shard landmarks (crop pixels) mapped back
     to source pixels through each sample's recorded ``crop_affine``; the only source of
-    ``300wlp-val``.
+    ``300wlp-val``.  ``aflw2000`` / ``aflw2000-reannotated`` need a build of that pipeline
+    (``aflw2000-reannotated`` also accepts an ``ls3dw`` build: its AFLW2000-3D-Reannotated
+    subset, without yaw); ``ls3dw-*`` take their subset of an ``ls3dw`` build.  Yaw comes from
+    the shards only where the 3DMM parameters are labels (not fitted).
 
 :func:`read_predictions` reads a ``.npy`` or ``.npz`` prediction file and
 :func:`align_predictions` puts it in ground-truth order (by position or by name) and
@@ -269,17 +272,22 @@ def from_build(dataset: str, build) -> GroundTruth:
     cfg = summary.get("pipeline") or {}
     pipeline, split = spec["build"]
     found = cfg.get("name", "?")
+    from_ls3dw = False
     annotation = (cfg.get("reader") or {}).get("annotation", "original")
     reader_name = (cfg.get("build") or {}).get("reader", summary.get("dataset"))
     ok = {
         "aflw2000": reader_name == "aflw2000" and annotation == "original",
-        "aflw2000-reannotated": reader_name == "aflw2000" and annotation == "reannotated",
+        "aflw2000-reannotated": (reader_name == "aflw2000" and annotation == "reannotated") or reader_name == "ls3dw",
         "ls3dw": reader_name == "ls3dw",
         "300wlp": reader_name == "300wlp",
     }[spec["kind"]]
+    if ok and spec["kind"] == "aflw2000-reannotated" and reader_name == "ls3dw":
+        from_ls3dw, split = True, "all"
     if not ok:
-        raise GroundTruthError(f"{layout.root}: built with pipeline {found!r} (reader {reader_name!r}, annotation "
-                               f"{annotation!r}); --dataset {dataset} needs a build of pipeline {pipeline!r}")
+        what = f"reader {reader_name!r}" + (f", annotation {annotation!r}" if reader_name == "aflw2000" else "")
+        also = " (or of 'ls3dw', whose AFLW2000-3D-Reannotated subset is used)" if spec["kind"] == "aflw2000-reannotated" else ""
+        raise GroundTruthError(f"{layout.root}: built with pipeline {found!r} ({what}); --dataset {dataset} needs a "
+                               f"build of pipeline {pipeline!r}{also}")
     shards = layout.shards(split)
     if not shards:
         raise GroundTruthError(f"{layout.root}: no shards in split {split!r} (splits present: "
@@ -295,7 +303,7 @@ def from_build(dataset: str, build) -> GroundTruth:
     cols = {k: np.concatenate(v) for k, v in cols.items()}
     sel = np.ones(len(cols["name"]), bool)
     aliases = None
-    if spec["kind"] == "ls3dw":
+    if spec["kind"] == "ls3dw" or from_ls3dw:
         sel = cols["subset"] == spec["subset"]
         if not sel.any():
             raise GroundTruthError(f"{layout.root}: no sample of subset {spec['subset']!r} in split {split!r}")
@@ -303,7 +311,7 @@ def from_build(dataset: str, build) -> GroundTruth:
     crop_lm = cols["landmarks_2d"][sel].astype(np.float64)
     lm = np.stack([apply_affine(invert_affine(a), p) for a, p in zip(A, crop_lm)])
     names = cols["name"][sel].astype(str)
-    if spec["kind"] == "ls3dw":
+    if spec["kind"] == "ls3dw" or from_ls3dw:
         sub = spec["subset"] + "/"
         aliases = np.array([n[len(sub):] if n.startswith(sub) else n for n in names])
     yaw = yaw_source = None

@@ -319,3 +319,27 @@ def test_ced_plot_has_one_curve_per_file():
     assert len(labels) == 3 and all("AUC@7% =" in t and "[ls3dw]" in t for t in labels)
     assert labels[0].startswith("s1.0") and f"{reps[1].auc:.4f}" in labels[1]
     assert "NME (%)" in ax.get_xlabel() and "Images" in ax.get_ylabel()
+
+
+def test_ls3dw_and_300wlp_builds(synthetic_tree, tmp_path):
+    from dhm_data.build import BuildRequest, run_build
+
+    root = synthetic_tree("ls3dw", 12)
+    run_build(BuildRequest("ls3dw", root, tmp_path / "ls3dw", None, progress=False), echo=lambda m: None)
+    for dataset in ("ls3dw-300vw-a", "ls3dw-menpo", "aflw2000-reannotated"):
+        raw = load_ground_truth(dataset, root=root / "LS3D-W")
+        gt = load_ground_truth(dataset, build=tmp_path / "ls3dw")
+        assert list(gt.names) == list(raw.names) and list(gt.aliases) == list(raw.aliases)
+        np.testing.assert_allclose(gt.landmarks, raw.landmarks, atol=1e-3)
+        assert gt.yaw_deg is None                      # fitted parameters: no yaw bins
+    root = synthetic_tree("300wlp", 20)
+    run_build(BuildRequest("300wlp", root, tmp_path / "lp", None, progress=False), echo=lambda m: None)
+    split = json.loads((tmp_path / "lp" / "split.json").read_text())
+    gt = load_ground_truth("300wlp-val", build=tmp_path / "lp")
+    assert list(gt.names) == split["val"] and len(gt) > 0
+    assert gt.yaw_deg is not None and np.all(np.isfinite(gt.yaw_deg))
+    np.save(tmp_path / "p.npy", gt.landmarks + 0.25)
+    res = run([tmp_path / "p.npy", "--dataset", "300wlp-val", "--build", tmp_path / "lp"])
+    assert "300W-LP validation split" in res.output and "yaw bins (|yaw|, degrees)" in res.output
+    with pytest.raises(GroundTruthError, match=r"reader '300wlp'\); --dataset ls3dw-menpo needs a build of pipeline 'ls3dw'"):
+        load_ground_truth("ls3dw-menpo", build=tmp_path / "lp")
