@@ -39,7 +39,7 @@ from .evaluation import EvaluationError, PredictionError, as_landmarks_2d
 #: --dataset name -> what it is; ``subset`` is the LS3D-W folder; ``build`` = (pipeline, split)
 DATASETS = {
     "aflw2000": {"kind": "aflw2000", "yaw": True, "build": ("aflw2000", "test"),
-                 "title": "AFLW2000-3D (original pt3d_68 labels)"},
+                 "title": "AFLW2000-3D, original pt3d_68 labels"},
     "aflw2000-reannotated": {"kind": "aflw2000-reannotated", "yaw": True, "build": ("aflw2000-reannotated", "test"),
                              "subset": "AFLW2000-3D-Reannotated",
                              "title": "AFLW2000-3D, LS3D-W re-annotation"},
@@ -53,7 +53,7 @@ DATASETS = {
     "ls3dw-300vw-c": {"kind": "ls3dw", "subset": "300VW-3D/CatC", "build": ("ls3dw", "all"),
                       "title": "LS3D-W 300VW-3D category C"},
     "300wlp-val": {"kind": "300wlp", "yaw": True, "build": ("300wlp", "val"),
-                   "title": "300W-LP validation split (seed paper)"},
+                   "title": "300W-LP validation split of the seed paper"},
 }
 
 REFERENCE_FILES = {

@@ -130,7 +130,7 @@ def main(preds, dataset, root, build_dir, aflw2000_root, threshold, auc_variant,
         raise click.ClickException(str(e)) from e
 
     gt_info = gt.describe()
-    lines = [f"dhm-eval {__version__}: {dataset} ({DATASETS[dataset]['title']}), {len(gt):,} images",
+    lines = [f"dhm-eval {__version__}: {dataset} = {DATASETS[dataset]['title']}; {len(gt):,} images",
              f"ground truth: {gt.source}"]
     if gt.positional_names:
         lines.append("names: positional (#0000 ...): these arrays carry no file names; .npy predictions must be in "
