@@ -279,3 +279,16 @@ def test_real_pixel_convention_matters(real_gt, aflw_gt_dir):
     # shifting the prediction by (1, 1) is the same as shifting the ground truth by (-1, -1)
     c = ev.evaluate(np.swapaxes(re, 1, 2) + 1.0, gt1, yaw)
     np.testing.assert_allclose(c.nme, a.nme, atol=1e-9)
+
+
+def test_nme_is_invariant_to_the_crop_similarity(paper_case):
+    """A build's crop_affine is scale + translation, so NME in crop pixels equals NME
+    in image pixels: a training loop may evaluate on shard landmarks directly."""
+    from dhm_data.crop import apply_affine, crop_affine
+
+    p, g, yaw, expected = paper_case
+    for i in range(4):
+        A = crop_affine(g[i], 224, 0.3)
+        assert ev.nme(apply_affine(A, p[i]), apply_affine(A, g[i])) == pytest.approx(expected[i], abs=1e-12)
+    # but not to a change of pixel convention on one side only
+    assert ev.nme(p[3] + 1.0, g[3]) == pytest.approx(math.sqrt(2) / 7, abs=1e-12)
