@@ -49,22 +49,25 @@ def render_dhm(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0) -> np.nd
     cy = np.rint(xy[:, 1]).astype(np.int64)
     px = cx[:, None, None] + offs[None, None, :]          # (L, 1, D)
     py = cy[:, None, None] + offs[None, :, None]          # (L, D, 1)
-    d2 = (px - xy[:, 0, None, None]) ** 2 + (py - xy[:, 1, None, None]) ** 2
-    w = d2  # (L, D, D) squared distances; weights are taken after the winner
+    d2 = (px - xy[:, 0, None, None]) ** 2 + (py - xy[:, 1, None, None]) ** 2   # (L, D, D)
     px, py = np.broadcast_arrays(px, py)
     inside = ((px >= 0) & (px < size) & (py >= 0) & (py < size)).ravel()
     flat = (py * size + px).ravel()[inside]
     d2 = d2.ravel()[inside]
-    lm = np.repeat(np.arange(len(xy)), w[0].size)[inside]
-    # Equal sigmas: the largest weight is the nearest centre.  One stable sort
-    # on (pixel, distance) keeps, per pixel, the nearest landmark first (ties:
-    # the lower index, as landmarks are laid out in index order).
-    order = np.argsort(flat * (2.0 * (radius + 1) ** 2) + d2, kind="stable")
-    flat, d2, lm = flat[order], d2[order], lm[order]
-    first = np.empty(len(flat), bool)
-    first[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=first[1:])
-    flat, lm = flat[first], lm[first]
-    w = np.exp(-d2[first] / (2.0 * sigma * sigma))
+    lm = np.repeat(np.arange(len(xy)), (2 * radius + 1) ** 2)[inside]
+    # Equal sigmas: the largest weight is the nearest centre.  Pixels reached
+    # by one landmark only are written directly; for contested pixels a stable
+    # sort on (pixel, distance) puts the nearest landmark first (ties: the
+    # lower index, as entries are laid out in landmark order).
+    contested = np.bincount(flat, minlength=size * size)[flat] > 1
+    if contested.any():
+        c = np.flatnonzero(contested)
+        c = c[np.argsort(flat[c] * (2.0 * (radius + 1) ** 2) + d2[c], kind="stable")]
+        keep = np.ones(len(c), bool)
+        keep[1:] = flat[c[1:]] != flat[c[:-1]]
+        contested[c[keep]] = False
+    win = ~contested
+    flat, lm = flat[win], lm[win]
+    w = np.exp(-d2[win] / (2.0 * sigma * sigma))
     out.reshape(-1, 3)[flat] = (w[:, None] * values[lm]).astype(np.float32)
     return out
