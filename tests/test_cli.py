@@ -1,0 +1,69 @@
+"""The dhm-data command line: demo end to end, build/status/verify/show, errors."""
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from dhm_data.cli import main
+
+
+def test_help_lists_every_command():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("build", "demo", "fit-bfm", "show", "status", "synth", "verify"):
+        assert cmd in r.output
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-n", "12", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    assert (out / "sample.png").stat().st_size > 10_000
+    for ds in ("300wlp", "aflw2000", "ls3dw"):
+        s = json.loads((out / "build" / ds / "build.json").read_text())
+        assert s["rejected"] == 0 and sum(s["written"].values()) == (24 if ds == "300wlp" else 12)
+    assert json.loads((out / "build" / "ls3dw" / "build.json").read_text())["fit"]["fitted"] == 12
+    assert "NME balanced mean" in r.output
+    # a rerun resumes: nothing is rebuilt
+    shard = next((out / "build" / "aflw2000" / "test").glob("shard-*.h5"))
+    before = shard.stat().st_mtime_ns
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-n", "12", "--jobs", "1"])
+    assert r.exit_code == 0 and shard.stat().st_mtime_ns == before
+
+
+def test_build_status_verify_show(tmp_path, synthetic_tree):
+    root = synthetic_tree("aflw2000", 8)
+    out = tmp_path / "b"
+    run = CliRunner().invoke
+    r = run(main, ["build", "aflw2000", "--root", str(root), "--out", str(out), "--shard-size", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "built aflw2000" in r.output and "test: 8" in r.output
+    r = run(main, ["status", str(out)])
+    assert "stage prepare: 3 units done" in r.output and "finished" in r.output
+    r = run(main, ["verify", str(out)])
+    assert r.exit_code == 0 and "ok: 3 shards, 8 samples" in r.output
+    r = run(main, ["show", str(out), "-i", "7", "-o", str(tmp_path / "s.png")])
+    assert r.exit_code == 0 and (tmp_path / "s.png").exists()
+    r = run(main, ["show", str(out), "-i", "8", "-o", str(tmp_path / "s.png")])
+    assert r.exit_code != 0 and "out of range" in r.output
+    # a flipped byte in a shard: verify names the shard
+    shard = sorted((out / "test").glob("shard-*.h5"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = run(main, ["verify", str(out)])
+    assert r.exit_code != 0 and shard.name in r.output
+
+
+def test_build_errors_are_clear(tmp_path):
+    run = CliRunner().invoke
+    r = run(main, ["build", "300wlp", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "no such directory" in r.output and "300W_LP" in r.output
+    r = run(main, ["build", "nope", "--root", str(tmp_path)])
+    assert r.exit_code != 0 and "no pipeline named 'nope'" in r.output
+
+
+def test_real_data_needs_bfm(tmp_path, aflw_samples_dir):
+    r = CliRunner().invoke(main, ["build", "aflw2000", "--root", str(aflw_samples_dir), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "--bfm is required for real data" in r.output
