@@ -44,6 +44,7 @@ class BuildRequest:
     progress: bool = True
     limit: int | None = None
     landmarks_3d: Path | None = None
+    scheduler: str | None = None
 
 
 def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
@@ -126,7 +127,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
                 units.append(Unit("prepare", f"{split}/{layout.shard_name(i)}", fp, [out],
                                   (reader, chunk, lm_model, config, out, attrs, fit_file), n=len(chunk)))
         results = run_units(layout, units, prepare_shard, jobs=req.jobs, backend=req.backend,
-                            desc=f"build {cfg['name']}", progress=req.progress)
+                            desc=f"build {cfg['name']}", progress=req.progress, scheduler=req.scheduler)
         summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary)
         np.save(layout.mean_dhm, mean_shape_dhm(lm_model, config)) if not layout.mean_dhm.exists() else None
     n_rej = summary["rejected"]
@@ -159,7 +160,8 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
 
     l3 = load_landmarks_3d(req.landmarks_3d) if req.landmarks_3d else None
     units = fit_units(layout, reader, lm_model, cfg, splits, shard_size, l3)
-    res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm", progress=req.progress)
+    res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm",
+                    progress=req.progress, scheduler=req.scheduler)
     summary = {
         "fitted": sum(r["fitted"] for r in res.values()),
         "converged": sum(r["converged"] for r in res.values()),

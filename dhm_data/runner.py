@@ -6,8 +6,8 @@ units it consumes).  The work function writes the unit's outputs under
 temporary names and renames them into place (:mod:`dhm_data.atomic`); only
 then does the runner, in the main process, write the unit's record
 ``.records/<stage>/<unit>.json``.  A rerun skips a unit whose record carries
-the same fingerprint and whose outputs exist with the recorded sizes, and
-redoes every other unit.  Killed at any point, a rerun therefore yields the
+the same fingerprint and whose outputs exist with the recorded size and
+modification time, and redoes every other unit.  Killed at any point, a rerun therefore yields the
 same outputs as an uninterrupted run.
 
 Parallelism: joblib across units (``jobs`` processes, ``backend`` any joblib
@@ -18,6 +18,7 @@ keeps two builds from writing it at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -69,12 +70,19 @@ def is_done(layout: BuildLayout, unit: Unit) -> bool:
     rec = read_record(layout, unit.stage, unit.name)
     if rec is None or rec.get("fingerprint") != unit.fingerprint:
         return False
-    sizes = rec.get("output_sizes", {})
+    stats = rec.get("outputs", {})
     for out in unit.outputs:
         p = Path(out)
-        if not p.is_file() or sizes.get(p.name) != p.stat().st_size:
+        if not p.is_file() or stats.get(p.name) != _stat(p):
             return False
     return True
+
+
+def _stat(p: Path) -> list:
+    """(size, mtime_ns) of an output: a file replaced or rewritten after its
+    record (a truncated or patched shard) no longer matches."""
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def read_record(layout: BuildLayout, stage: str, name: str) -> dict | None:
@@ -92,7 +100,7 @@ def write_record(layout: BuildLayout, unit: Unit, result: dict) -> None:
             "stage": unit.stage,
             "unit": unit.name,
             "fingerprint": unit.fingerprint,
-            "output_sizes": {Path(o).name: Path(o).stat().st_size for o in unit.outputs if Path(o).is_file()},
+            "outputs": {Path(o).name: _stat(Path(o)) for o in unit.outputs if Path(o).is_file()},
             "result": result,
         },
     )
@@ -144,6 +152,7 @@ def run_units(
     backend: str = "loky",
     desc: str = "",
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> dict[str, dict]:
     """Run the units not yet done; return ``{unit name: result}`` for all
     units (skipped ones give their recorded result)."""
@@ -160,7 +169,7 @@ def run_units(
     done_n = total - sum(u.n for u in todo)
     bar = tqdm(total=total, initial=done_n, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True)
     try:
-        if jobs == 1 or len(todo) <= 1:
+        if backend == "loky" and (jobs == 1 or len(todo) <= 1):
             for u in todo:
                 res = work(u.payload)
                 write_record(layout, u, res)
@@ -170,7 +179,7 @@ def run_units(
             from joblib import Parallel, delayed, parallel_config
 
             by_name = {u.name: u for u in todo}
-            with parallel_config(backend=backend, n_jobs=jobs):
+            with backend_session(backend, scheduler, jobs), parallel_config(backend=backend, n_jobs=jobs):
                 gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u.name, u.payload) for u in todo)
                 for name, res in gen:
                     u = by_name[name]
@@ -180,6 +189,47 @@ def run_units(
     finally:
         bar.close()
     return results
+
+
+@contextlib.contextmanager
+def backend_session(backend: str, scheduler: str | None, jobs: int):
+    """What a joblib backend needs around it.
+
+    ``dask``: a ``dask.distributed.Client`` connected to ``scheduler`` (an
+    address such as ``tcp://head:8786``) or, without one, a local cluster of
+    ``jobs`` single-threaded worker processes.  ``ray``: ``ray.init`` (address
+    from ``scheduler`` or ``RAY_ADDRESS``) and joblib's Ray backend registered.
+    Other backends (``loky``, ``multiprocessing``, ``threading``) need nothing.
+    """
+    if backend == "dask":
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as e:
+            raise RuntimeError("--backend dask needs dask.distributed: pip install 'dhm-data[dask]'") from e
+        if scheduler:
+            with Client(scheduler) as client:
+                yield client
+        else:
+            with LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                yield client
+    elif backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError as e:
+            raise RuntimeError("--backend ray needs ray: pip install 'ray[default]'") from e
+        register_ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=scheduler)
+        try:
+            yield None
+        finally:
+            if started:
+                ray.shutdown()
+    else:
+        yield None
 
 
 def _call(work, name, payload):

@@ -23,7 +23,10 @@ def _fail(e: Exception):
 @click.option("--bfm", type=click.Path(path_type=Path), default=None,
               help="Morphable model file or folder (format detected). Required for real data; synthetic trees bring their own.")
 @click.option("--jobs", "-j", type=int, default=1, help="Worker processes (joblib), shards run in parallel.")
-@click.option("--backend", default="loky", help="joblib backend: loky (local processes), dask, ray, ...")
+@click.option("--backend", default="loky", type=click.Choice(["loky", "multiprocessing", "dask", "ray"]),
+              help="joblib backend: loky = local processes; dask / ray = a cluster (build folder on a shared filesystem).")
+@click.option("--scheduler", default=None,
+              help="Cluster address for --backend dask (tcp://host:8786) or ray; without it a local cluster of --jobs workers.")
 @click.option("--strict", is_flag=True, help="Fail on any rejected sample or manifest count mismatch.")
 @click.option("--crop-size", type=int, default=None, help="Override [crop] size (pixels).")
 @click.option("--margin", type=float, default=None, help="Override [crop] margin (side = (1 + margin) * box side).")
@@ -31,7 +34,7 @@ def _fail(e: Exception):
 @click.option("--shard-size", type=int, default=None, help="Override [shards] size (samples per shard).")
 @click.option("--limit", type=int, default=None, help="Only the first N samples (a quick trial; skips the count check).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(pipeline, root, out, bfm, jobs, backend, strict, crop_size, margin, sigma, shard_size, limit, quiet):
+def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size, margin, sigma, shard_size, limit, quiet):
     """Build HDF5 shards for the pipeline NAME (pipelines/NAME.toml, or a .toml path).
 
     Resumable: rerun the same command after a crash or Ctrl-C and only the
@@ -45,7 +48,7 @@ def build(pipeline, root, out, bfm, jobs, backend, strict, crop_size, margin, si
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size}
     out = out or Path("out") / Path(pipeline).stem
-    req = BuildRequest(pipeline, root, out, bfm, jobs, backend, strict, overrides, not quiet, limit)
+    req = BuildRequest(pipeline, root, out, bfm, jobs, backend, strict, overrides, not quiet, limit, scheduler=scheduler)
     try:
         summary = run_build(req, echo=lambda m: click.echo(m, err=True))
     except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError) as e:
