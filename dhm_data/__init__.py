@@ -7,3 +7,22 @@ published NME / CED protocol.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["ShardDataset", "Loader", "evaluate", "load_model", "__version__"]
+
+_LAZY = {
+    "ShardDataset": ("dhm_data.loader", "ShardDataset"),
+    "Loader": ("dhm_data.loader", "Loader"),
+    "evaluate": ("dhm_data.evaluation", "evaluate"),
+    "load_model": ("dhm_data.model_io", "load_model"),
+}
+
+
+def __getattr__(name):
+    # imported on first use, so `import dhm_data` (and every CLI start) stays light
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'dhm_data' has no attribute {name!r}")
