@@ -137,9 +137,12 @@ def test_dual_identity_solve_equals_primal(D):
 
 
 def test_converged_mask():
-    prev = np.array([np.inf, 1.0, 1.0, 1e-13])
-    cost = np.array([1.0, 0.999, 0.5, 1e-13])
-    assert fitting.converged_mask(prev, cost, 1e-2).tolist() == [False, True, False, True]
+    """Remaining movement estimated from the contraction rate rho = m_k / m_{k-1}: m_k rho / (1 - rho)."""
+    move = np.array([0.5, 1e-3, 1e-2, 1e-6, 2e-3])
+    prev = np.array([np.inf, 1e-2, 1.1e-2, np.inf, 4e-3])
+    # est: -, 1e-3*0.1/0.9=1.1e-4, 1e-2*0.909/0.091=0.1, negligible, 2e-3*0.5/0.5=2e-3
+    assert fitting.converged_mask(move, prev, 3e-3).tolist() == [False, True, False, True, True]
+    assert fitting.converged_mask(move, prev, 1e-3).tolist() == [False, True, False, True, False]
 
 
 # ----------------------------------------------------------------- the fit
