@@ -372,3 +372,20 @@ def test_flip_in_loader_is_reproducible_across_workers(split_dir):
         i = plain[n]
         want = cols["image"][i][:, ::-1] if b["hflip"][j] else cols["image"][i]
         np.testing.assert_array_equal(b["image"][j], want)
+
+
+def test_direct_blosc_decode_matches_h5py(split_dir, monkeypatch):
+    import dhm_data.loader as loader_mod
+
+    idx = [5, 86, 41, 0, 41]
+    fast = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")
+    got = fast.read_batch(idx)["dhm"]
+    if loader_mod._blosc_decoder() is None:
+        pytest.skip("hdf5plugin's Blosc library cannot be loaded with ctypes here")
+    assert fast._file(0).chunks and not fast._file(0).datasets        # the direct path was used
+    monkeypatch.setattr(loader_mod, "_BLOSC", False)                   # force the h5py path
+    slow = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")
+    want = slow.read_batch(idx)["dhm"]
+    assert slow._file(0).datasets and not slow._file(0).chunks
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, np.rint(all_columns(split_dir)["dhm"][idx] * 255))
