@@ -25,6 +25,7 @@ workers.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import signal
@@ -75,7 +76,7 @@ class _FileState:
         self.h5 = h5
         self.arrays = {}     # name -> np.memmap (raw) or in-memory array (small, text)
         self.datasets = {}   # name -> h5py dataset (chunked, read through HDF5)
-        self.chunks = {}     # name -> list of absolute addresses of per-sample Blosc chunks
+        self.chunks = {}     # name -> (absolute chunk addresses, unfiltered flags) per sample
         self.filemap = None  # np.memmap of the whole file (keeps chunk addresses valid)
 
 
@@ -91,8 +92,6 @@ def _blosc_decoder():
         if os.environ.get("DHM_DATA_NO_DIRECT_BLOSC"):
             return None
         try:
-            import ctypes
-
             import hdf5plugin
 
             for name in ("libh5blosc.so", "libh5blosc.dylib", "h5blosc.dll", "libh5blosc.dll"):
@@ -110,30 +109,35 @@ def _blosc_decoder():
 
 
 def _chunk_table(ds, n: int, sample_bytes: int, filemap: np.ndarray):
-    """Absolute addresses of the per-sample Blosc chunks of ``ds`` in ``filemap``,
-    or None when any chunk is not a plain Blosc frame of the expected size."""
+    """(addresses, raw flags) of the per-sample chunks of ``ds`` in ``filemap``:
+    a chunk is a Blosc frame, or (flag True) stored unfiltered because Blosc
+    could not shrink it.  None when any chunk is neither (then h5py reads)."""
     offsets = np.full(n, -1, np.int64)
     sizes = np.zeros(n, np.int64)
+    masks = np.zeros(n, np.int64)
 
     def visit(c):
-        if c.filter_mask == 0:
-            offsets[c.chunk_offset[0]] = c.byte_offset
-            sizes[c.chunk_offset[0]] = c.size
+        offsets[c.chunk_offset[0]] = c.byte_offset
+        sizes[c.chunk_offset[0]] = c.size
+        masks[c.chunk_offset[0]] = c.filter_mask
 
     try:
         ds.id.chunk_iter(visit)
     except Exception:
         for i in range(n):
             visit(ds.id.get_chunk_info(i))
-    if (offsets < 0).any() or (sizes < 16).any() or (offsets + sizes > len(filemap)).any():
+    raw = masks == 1
+    if (offsets < 0).any() or ((masks != 0) & ~raw).any() or (sizes < 16).any() \
+            or (offsets + sizes > len(filemap)).any() or (sizes[raw] != sample_bytes).any():
         return None
     # Blosc header: bytes 4-7 uncompressed size, 12-15 compressed size (little endian).
-    head = filemap[offsets[:, None] + np.arange(16)].copy()
+    comp = ~raw
+    head = filemap[offsets[comp][:, None] + np.arange(16)].copy()
     nbytes = head[:, 4:8].copy().view("<u4")[:, 0]
     cbytes = head[:, 12:16].copy().view("<u4")[:, 0]
-    if (nbytes != sample_bytes).any() or (cbytes != sizes).any():
+    if (nbytes != sample_bytes).any() or (cbytes != sizes[comp]).any():
         return None
-    return (offsets + filemap.ctypes.data).tolist()
+    return (offsets + filemap.ctypes.data).tolist(), raw.tolist()
 
 
 class ShardDataset:
@@ -324,12 +328,14 @@ class ShardDataset:
                 else:
                     dst = res[name]
                 if name in st.chunks and dst.flags.c_contiguous:
-                    addr = st.chunks[name]
+                    addr, raw = st.chunks[name]
                     dec = _blosc_decoder()
                     sz = dst[0].nbytes
                     base = dst.ctypes.data
                     for p, i in zip(pos.tolist(), loc.tolist()):
-                        if dec(addr[i], base + p * sz, sz, 1) != sz:
+                        if raw[i]:
+                            ctypes.memmove(base + p * sz, addr[i], sz)
+                        elif dec(addr[i], base + p * sz, sz, 1) != sz:
                             raise ShardError(f"{self.paths[k]}: field {name!r}: sample {i}: Blosc chunk failed to "
                                              "decompress (run `dhm-data verify`)")
                 elif name in st.chunks or name in st.datasets:

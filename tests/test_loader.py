@@ -377,12 +377,14 @@ def test_flip_in_loader_is_reproducible_across_workers(split_dir):
 def test_direct_blosc_decode_matches_h5py(split_dir, monkeypatch):
     import dhm_data.loader as loader_mod
 
-    idx = [5, 86, 41, 0, 41]
+    idx = [5, 86, 41, 0, 41] + list(range(86, -1, -1))
     fast = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")
     got = fast.read_batch(idx)["dhm"]
     if loader_mod._blosc_decoder() is None:
         pytest.skip("hdf5plugin's Blosc library cannot be loaded with ctypes here")
     assert fast._file(0).chunks and not fast._file(0).datasets        # the direct path was used
+    raw = [r for k in range(3) for r in fast._file(k).chunks["dhm"][1]]
+    assert any(raw) and not all(raw)   # both Blosc frames and chunks Blosc could not shrink (stored as is)
     monkeypatch.setattr(loader_mod, "_BLOSC", False)                   # force the h5py path
     slow = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")
     want = slow.read_batch(idx)["dhm"]
