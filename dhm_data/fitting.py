@@ -512,6 +512,9 @@ def solve_identity_dual(prep: _Prepared, rows, Rp, resid, rw, lam) -> np.ndarray
     are decoupled (identity row, zero target), which is exactly their
     removal.  Returns ``alpha`` ``(B, K)``.
     """
+    keep = (rw > 0).any(axis=(0, 2))
+    if not keep.all():  # points no image of the batch observes: out of the system
+        rows, resid, rw = rows[:, keep], resid[:, keep], rw[:, keep]
     B, N, D = resid.shape
     if np.all(rows == rows[:1]):
         Qr = prep.Q[rows[0]][:, :, rows[0]]  # (N,3,N,3), shared by the batch
@@ -655,6 +658,9 @@ def joint_gauss_newton_step(prep: _Prepared, rows, s, R, t, alpha, beta, obs, rw
     ``(B, N, D)`` posed-frame observations, ``rw`` ``(B, N, D)`` row weights,
     ``damping`` ``(B,)``.  Returns the proposed ``(s, R, t, alpha, beta)``.
     """
+    keep = (rw > 0).any(axis=(0, 2))
+    if not keep.all():  # points no image of the batch observes (unmapped): out of the system
+        rows, obs, rw = rows[:, keep], obs[:, keep], rw[:, keep]
     B, N, D = obs.shape
     shared = bool(np.all(rows == rows[:1]))
     r0 = rows[0]
