@@ -36,6 +36,30 @@ class BuildLockedError(RuntimeError):
     """Another build holds the build directory's lock."""
 
 
+class UnitError(RuntimeError):
+    """A unit of work failed (its work function raised, writing its record
+    failed, or the worker running it died).  The message names the stage,
+    the unit and its outputs, and says that finished units are kept: fix the
+    cause (free disk space, ...) and rerun the same command to resume.
+    ``unit`` is the unit's name (None when the parallel pool itself broke)."""
+
+    def __init__(self, message: str, stage: str, unit: str | None = None):
+        super().__init__(message)
+        self.stage, self.unit = stage, unit
+
+    def __reduce__(self):
+        return (UnitError, (self.args[0], self.stage, self.unit))
+
+
+_RESUME = "units finished before it are kept; fix the cause and rerun the same command to resume"
+
+
+def _unit_failure(u: "Unit", e: BaseException, what: str = "failed") -> UnitError:
+    outs = ", ".join(str(o) for o in u.outputs)
+    return UnitError(f"stage {u.stage}, unit {u.name} (output {outs}) {what}: {type(e).__name__}: {e}; {_RESUME}",
+                     u.stage, u.name)
+
+
 @dataclass
 class Unit:
     """One unit of work.  ``payload`` is passed to the work function (it must
@@ -171,8 +195,11 @@ def run_units(
     try:
         if backend == "loky" and (jobs == 1 or len(todo) <= 1):
             for u in todo:
-                res = work(u.payload)
-                write_record(layout, u, res)
+                try:
+                    res = work(u.payload)
+                except Exception as e:
+                    raise _unit_failure(u, e) from e
+                _record(layout, u, res)
                 results[u.name] = res
                 bar.update(u.n)
         else:
@@ -181,11 +208,24 @@ def run_units(
             by_name = {u.name: u for u in todo}
             with backend_session(backend, scheduler, jobs), parallel_config(backend=backend, n_jobs=jobs):
                 gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u.name, u.payload) for u in todo)
-                for name, res in gen:
-                    u = by_name[name]
-                    write_record(layout, u, res)
-                    results[name] = res
-                    bar.update(u.n)
+                try:
+                    for name, res, err in gen:
+                        u = by_name[name]
+                        if err is not None:
+                            raise _unit_failure(u, err)
+                        _record(layout, u, res)
+                        results[name] = res
+                        bar.update(u.n)
+                except UnitError:
+                    raise
+                except Exception as e:
+                    # The pool broke: a worker process was killed (SIGKILL, out of
+                    # memory) or the cluster went away.  Units are rerun, not lost.
+                    stage = todo[0].stage
+                    left = [u.name for u in todo if u.name not in results]
+                    raise UnitError(
+                        f"stage {stage}: the parallel run stopped ({type(e).__name__}: {e}); {len(left)} of "
+                        f"{len(units)} units unfinished (first: {', '.join(left[:3])}); {_RESUME}", stage) from e
     finally:
         bar.close()
     return results
@@ -232,5 +272,23 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
         yield None
 
 
+def _record(layout: BuildLayout, u: Unit, res: dict) -> None:
+    try:
+        write_record(layout, u, res)
+    except OSError as e:
+        raise _unit_failure(u, e, f"finished but its record {layout.record(u.stage, u.name)} could not be written") from e
+
+
 def _call(work, name, payload):
-    return name, work(payload)
+    """Worker side: ``(name, result, None)`` or ``(name, None, exception)``, so
+    that the main process can name the unit that failed."""
+    try:
+        return name, work(payload), None
+    except Exception as e:
+        try:
+            import pickle
+
+            pickle.dumps(e)
+        except Exception:
+            e = RuntimeError(f"{type(e).__name__}: {e}")
+        return name, None, e
