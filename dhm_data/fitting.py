@@ -402,10 +402,11 @@ class _Prepared:
     tau2: np.ndarray  # (E,)
     F: float
     base_rows: np.ndarray  # (68,) row of each landmark's default vertex, -1 unmapped
-    mapped: np.ndarray  # (68,) bool
+    mapped: np.ndarray  # (68,) bool: the model has a fixed vertex for the landmark
     contour_rows: list | None  # 17 arrays of rows, or None
     Q: np.ndarray  # (M,3,M,3) A diag(sigma^2) A^T
     Qe: np.ndarray  # (M,3,M,3) B diag(tau^2) B^T
+    contour_shared: np.ndarray = None  # (17,) bool: the line is shared with another landmark
     _q9: dict = field(default_factory=dict)
 
     def q9(self, lam_id: float, lam_exp: float | None) -> np.ndarray:
@@ -436,6 +437,10 @@ def _prepare(model: MorphableModel) -> _Prepared:
     base_rows = np.array([pos[int(v)] if v >= 0 else -1 for v in li], np.int64)
     if contour is not None:
         contour = [np.array([pos[int(v)] for v in np.asarray(line).ravel()], np.int64) for line in model.contour_candidates]
+        # a jaw landmark without a fixed vertex (e.g. eos's SFM mapping) starts on its line
+        for j in range(17):
+            if base_rows[j] < 0:
+                base_rows[j] = contour[j][0]
     mean = np.asarray(model.mean[vertices], np.float64)
     A = np.asarray(model.identity_basis[vertices], np.float64)
     Bx = np.asarray(model.expression_basis[vertices], np.float64)
@@ -450,7 +455,21 @@ def _prepare(model: MorphableModel) -> _Prepared:
     F = float(face_size(lm_mean[None], np.ones((1, len(lm_mean))))[0])
     Q = np.einsum("ick,k,jdk->icjd", A, sigma2, A, optimize=True)
     Qe = np.einsum("ick,k,jdk->icjd", Bx, tau2, Bx, optimize=True)
-    return _Prepared(vertices, mean, A, Bx, sigma2, tau2, F, base_rows, mapped, contour, Q, Qe)
+    shared = np.zeros(17, bool)
+    if contour is not None:
+        for j in range(17):
+            shared[j] = any(i != j and len(contour[i]) == len(contour[j]) and np.array_equal(contour[i], contour[j])
+                            for i in range(17))
+    return _Prepared(vertices, mean, A, Bx, sigma2, tau2, F, base_rows, mapped, contour, Q, Qe, shared)
+
+
+def _landmark_mask(prep: _Prepared, marching: bool) -> np.ndarray:
+    """``(68,)`` landmarks the fit can use: the fixed-vertex ones, plus with
+    marching every jaw landmark that has a contour line."""
+    m = prep.mapped.copy()
+    if marching and prep.contour_rows is not None:
+        m[:17] = True
+    return m
 
 
 _PREP_CACHE: dict = {}
@@ -470,28 +489,41 @@ def _prepare_cached(model: MorphableModel) -> _Prepared:
 
 
 # ------------------------------------------------------------ solver steps
-def march_contour(prep: _Prepared, rows: np.ndarray, R: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def march_contour(prep: _Prepared, rows: np.ndarray, R: np.ndarray, alpha: np.ndarray, beta: np.ndarray,
+                  s=None, t=None, obs=None, valid=None) -> np.ndarray:
     """Landmark marching (Zhu et al. 2016, "Face alignment across large
     poses: a 3D solution", section 4.1; also 3DDFA's 300W-LP synthesis).
 
-    Each of the 17 jaw landmarks slides along its candidate line (a parallel
-    of the face mesh) to the vertex on the silhouette for the current pose:
-    the one with the smallest posed x for lines 0..7 (image-left), the
-    largest for lines 9..16, and the lowest (smallest posed y, i.e. lowest in
-    the image) for the chin line 8.  ``rows`` ``(B, 68)`` is updated in place
-    and returned; ``R`` ``(B, 3, 3)``; the shape uses ``alpha`` / ``beta``.
+    Each of the 17 jaw landmarks slides along its candidate line to the
+    vertex on the silhouette for the current pose.  A line of its own (a
+    parallel of the mesh, 3DDFA's construction) gives the extreme vertex: the
+    smallest posed x for lines 0..7 (image-left), the largest for 9..16, the
+    lowest (smallest posed y) for the chin line 8.  A list shared by several
+    landmarks (eos's SFM contour: one list per face side) is matched instead
+    to each observed landmark by the nearest projected vertex, as eos's
+    ``get_nearest_contour_correspondences`` does -- this needs the camera
+    ``s`` ``(B,)``, ``t`` ``(B, 3)`` and the observations ``obs`` ``(B, 68,
+    >=2)`` (posed frame) with ``valid`` ``(B, 68)``; without them, or for a
+    missing observation, the extreme rule applies.
+
+    ``rows`` ``(B, 68)`` is updated in place and returned; ``R`` ``(B, 3, 3)``;
+    the shape uses ``alpha`` / ``beta``.
     """
     if prep.contour_rows is None:
         return rows
     S_all = _shape_all(prep, alpha, beta)
     for j, line in enumerate(prep.contour_rows):
-        posed = np.einsum("bdc,blc->bld", R[:, :2], S_all[:, line])  # (B,L,2) x, y (up)
+        posed = np.einsum("bdc,blc->bld", R[:, :2], S_all[:, line])  # (B,L,2) x, y (up), model units
         if j < 8:
             k = np.argmin(posed[..., 0], axis=1)
         elif j > 8:
             k = np.argmax(posed[..., 0], axis=1)
         else:
             k = np.argmin(posed[..., 1], axis=1)
+        if prep.contour_shared[j] and obs is not None:
+            img = s[:, None, None] * posed + t[:, None, :2]
+            k_near = np.argmin(((img - obs[:, j, None, :2]) ** 2).sum(-1), axis=1)
+            k = np.where(valid[:, j], k_near, k)
         rows[:, j] = line[k]
     return rows
 
@@ -789,7 +821,8 @@ def fit(
     K, E = model.n_identity, model.n_expression
 
     obs2 = camera.image_to_model_frame(lm, h)  # posed frame x, y (up)
-    valid = np.isfinite(lm).all(-1) & prep.mapped[None]
+    lm_mask = _landmark_mask(prep, config.jaw == "silhouette")
+    valid = np.isfinite(lm).all(-1) & lm_mask[None]
     n_points = valid.sum(1)
     fittable = n_points >= config.min_points
 
@@ -811,7 +844,8 @@ def fit(
     rows = out["landmark_rows"]
     vertices = np.where(rows >= 0, prep.vertices[np.maximum(rows, 0)], -1)
     fitted = _posed_landmarks(prep, rows, out["shape_para"], out["exp_para"], out["pose_para"], h)
-    fitted[~prep.mapped[None].repeat(B, 0)] = np.nan
+    fitted[:, ~lm_mask] = np.nan
+    vertices[:, ~lm_mask] = -1
     err = np.linalg.norm(fitted[..., :2] - lm, axis=-1)
     err = np.where(valid, err, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -847,7 +881,10 @@ def posed_model_landmarks(model: MorphableModel, shape_para, exp_para, pose_para
     model's fixed landmark vertices.  NaN rows for unmapped landmarks.
     ``shape_para`` ``(B, K)``, ``exp_para`` ``(B, E)``, ``pose_para``
     ``(B, 7)``, ``image_height`` scalar or ``(B,)``.  Also returns the vertex
-    used per landmark ``(B, 68)``.
+    used per landmark ``(B, 68)``.  (Models whose contour lists are shared by
+    several landmarks, like eos's SFM, need observations to march -- see
+    :func:`march_contour`; here every landmark of such a list lands on the
+    one extreme vertex.)
     """
     prep = _prepare_cached(model)
     a = np.atleast_2d(np.asarray(shape_para, np.float64))
@@ -860,8 +897,9 @@ def posed_model_landmarks(model: MorphableModel, shape_para, exp_para, pose_para
         rows = march_contour(prep, rows, R, a, b)
     h = np.broadcast_to(np.asarray(image_height, np.float64), (B,))
     P = _posed_landmarks(prep, rows, a, b, pose, h)
-    P[:, ~prep.mapped] = np.nan
-    return P, np.where(rows >= 0, prep.vertices[np.maximum(rows, 0)], -1)
+    mask = _landmark_mask(prep, march)
+    P[:, ~mask] = np.nan
+    return P, np.where(mask[None] & (rows >= 0), prep.vertices[np.maximum(rows, 0)], -1)
 
 
 def _posed_landmarks(prep, rows, alpha, beta, pose, h):
@@ -993,7 +1031,7 @@ def _fit_batch(prep: _Prepared, obs2, obs_z, valid, config: FitConfig) -> dict:
         if config.method == "gauss-newton":
             w_pt = _point_weights(base_w[a], R[a], jaw_fallback, config)
             if it < config.march_iterations:
-                rows[a] = march_contour(prep, rows[a].copy(), R[a], alpha[a], beta[a])
+                rows[a] = march_contour(prep, rows[a].copy(), R[a], alpha[a], beta[a], s[a], t[a], obs[a], valid[a])
             rs = np.maximum(rows[a], 0)
             rw = row_weights(a, w_pt)
             cur = (s[a], R[a], t[a], alpha[a], beta[a])
@@ -1014,7 +1052,7 @@ def _fit_batch(prep: _Prepared, obs2, obs_z, valid, config: FitConfig) -> dict:
                                        None if has_depth is None else has_depth[a], S, base_w[a])
             w_pt = _point_weights(base_w[a], Ra, jaw_fallback, config)
             if it < config.march_iterations:
-                rows[a] = march_contour(prep, rows[a].copy(), Ra, alpha[a], beta[a])
+                rows[a] = march_contour(prep, rows[a].copy(), Ra, alpha[a], beta[a], sa, ta, obs[a], valid[a])
             rs = np.maximum(rows[a], 0)
             Rp = Ra[:, :D]
             tgt = (obs[a] - ta[:, None, :D]) / sa[:, None, None]
