@@ -512,6 +512,20 @@ class _Layout:
                 for name, shape, dt, off in self.entries}
 
 
+def _buffer_folder(need: int) -> str | None:
+    """/dev/shm when it exists and has room for ``need`` bytes (containers often
+    mount a small one; a too-small tmpfs would SIGBUS), else the temp folder."""
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and os.access(shm, os.W_OK):
+            st = os.statvfs(shm)
+            if st.f_bavail * st.f_frsize > 1.2 * need:
+                return shm
+    except OSError:
+        pass
+    return None
+
+
 def _worker_main(dataset, layout, buf_path, n_slots, task_q, result_q, current_gen, transform):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     buf = np.memmap(buf_path, dtype=np.uint8, mode="r+", shape=(n_slots * layout.slot_bytes,))
@@ -638,7 +652,8 @@ class Loader:
             ctx = mp.get_context(ctx)
         self._layout = _Layout(self.dataset, self.batch_size)
         self._n_slots = self.num_workers * self.prefetch
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        need = self._n_slots * self._layout.slot_bytes
+        folder = _buffer_folder(need)
         fd, path = tempfile.mkstemp(prefix="dhm-data-loader-", dir=folder)
         try:
             os.ftruncate(fd, self._n_slots * self._layout.slot_bytes)
