@@ -140,11 +140,14 @@ def warm(paths):
                 pass
 
 
-def loader_rate(folder, dtype, workers, epochs, copy, block_size=16, mp_context=None, repeats=3):
+REPEATS = 3
+
+
+def loader_rate(folder, dtype, workers, epochs, copy, block_size=16, mp_context=None, repeats=None):
     """Best of ``repeats`` timed runs of ``epochs`` epochs (after one warm-up epoch),
     each with a fresh dataset and loader, as a training script would have."""
     best = 0.0
-    for _ in range(repeats):
+    for _ in range(repeats or REPEATS):
         ds = ShardDataset(folder, fields=FIELDS, dhm_dtype=dtype)
         with Loader(ds, batch_size=64, shuffle=True, seed=0, num_workers=workers, copy=copy,
                     block_size=block_size, mp_context=mp_context) as ld:
@@ -215,10 +218,13 @@ def main(argv=None):
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many timed runs per configuration")
     ap.add_argument("--dir", type=Path, default=None, help="reuse/keep the synthetic build here")
     ap.add_argument("--dhm-storage", default="u8q-lz4", choices=["u8q-lz4", "u8q-raw"],
                     help="DHM storage of the synthetic build (default: the schema's)")
     args = ap.parse_args(argv)
+    global REPEATS
+    REPEATS = args.repeats
     tmp = None
     folder = args.dir
     if folder is None:
@@ -234,7 +240,7 @@ def main(argv=None):
     print(f"{len(ds)} samples, crop {args.size}, {len(paths)} shards, DHM storage {args.dhm_storage}, "
           f"{total / len(ds):,.0f} bytes/sample on disk "
           f"(image {args.size * args.size * 3:,} raw)")
-    fl = max(floor_rate(ds, args.epochs) for _ in range(3))
+    fl = max(floor_rate(ds, args.epochs) for _ in range(args.repeats))
     print(f"floor: bare np.memmap random read of the same bytes: {fl:,.0f} samples/s")
     print(f"{'config':52s} {'samples/s':>10s} {'/floor':>7s}")
     for dtype in ("uint8", "float32"):

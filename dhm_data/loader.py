@@ -81,6 +81,7 @@ class _FileState:
 
 
 _BLOSC = None
+_INHERITED: list = []   # per-process states inherited through fork, never used or closed
 
 
 def _blosc_decoder():
@@ -223,7 +224,11 @@ class ShardDataset:
     def _file(self, k: int) -> _FileState:
         pid = os.getpid()
         if self._pid != pid:
-            # New process (fork) or first use: never reuse a handle opened elsewhere.
+            # New process (fork) or first use: never reuse a handle opened elsewhere,
+            # and do not even close it here (that would be an HDF5 call on it):
+            # keep it referenced, untouched, for the life of this process.
+            if self._files:
+                _INHERITED.append(self._files)
             self._files = {}
             self._pid = pid
         st = self._files.get(k)
