@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import camera
 from ..imageio import image_size
-from .base import DatasetError, DatasetReader, Item, Sample
+from .base import DatasetError, DatasetReader, Item, Sample, require_file
 from .matfile import field, load_mat
 
 
@@ -70,8 +70,7 @@ class Reader(DatasetReader):
 
     def load(self, item: Item) -> Sample:
         image_path, mat_path = item.paths[0], item.paths[1]
-        if not image_path.is_file():
-            raise DatasetError(f"{image_path}: image file is missing (its labels {mat_path.name} exist)")
+        require_file(image_path, "image file", f" (its labels {mat_path.name} exist)")
         mat = load_mat(mat_path)
         pt3d = camera.one_based_to_zero_based(field(mat, mat_path, "pt3d_68", (3, 68)).T)
         pose = field(mat, mat_path, "Pose_Para", (1, 7)).ravel()
@@ -83,8 +82,7 @@ class Reader(DatasetReader):
             from ..t7 import read_t7
 
             t7 = item.paths[2]
-            if not t7.is_file():
-                raise DatasetError(f"{t7}: re-annotated label file is missing")
+            require_file(t7, "re-annotated label file")
             lm2d, source = _check_68x2(read_t7(t7), t7), "LS3D-W re-annotation (t7)"
         return Sample(
             name=item.name,

@@ -17,6 +17,43 @@ class DatasetError(ValueError):
     """The dataset folder or one of its files is not what the format says."""
 
 
+def path_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable regular file, or None when it is one:
+    ``"symlink loop ..."``, ``"broken symlink ..."``, ``"is a directory ..."``,
+    ``"missing"``."""
+    import errno
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop (too many levels of symbolic links)"
+        if os.path.islink(path):
+            return f"broken symlink (points to {os.readlink(path)}, which does not exist)"
+        if e.errno == errno.ENOENT:
+            return "missing"
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, expected a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    return None
+
+
+def require_file(path: Path, what: str, context: str = "") -> None:
+    """Raise :class:`DatasetError` ``"<path>: <what> is missing<context>"`` (or
+    names the symlink loop, broken symlink or directory found instead)."""
+    why = path_problem(path)
+    if why is None:
+        return
+    if why == "missing":
+        raise DatasetError(f"{path}: {what} is missing{context}")
+    raise DatasetError(f"{path}: {what} {why}{context}")
+
+
 @dataclass
 class Sample:
     """One labelled image of a dataset.
@@ -98,6 +135,9 @@ class DatasetReader:
     def locate(cls, root) -> Path:
         """Accept the dataset folder itself or its parent; else a clear error."""
         root = Path(root).expanduser()
+        why = path_problem(root)
+        if why is not None and why not in ("missing", "is a directory, expected a file"):
+            raise DatasetError(f"{root}: {why} (expected the {cls.folder_name} folder or its parent). {cls.how_to_get}")
         if not root.exists():
             raise DatasetError(f"{root}: no such directory (expected the {cls.folder_name} folder or its parent). {cls.how_to_get}")
         for candidate in (root, root / cls.folder_name):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import image_size
-from .base import DatasetError, DatasetReader, Item, Sample
+from .base import DatasetError, DatasetReader, Item, Sample, require_file
 
 SUBSETS = (
     "300W-Testset-3D",
@@ -68,10 +68,8 @@ class Reader(DatasetReader):
         from ..t7 import read_t7
 
         image_path, t7_path = item.paths
-        if not image_path.is_file():
-            raise DatasetError(f"{image_path}: image file is missing (its labels {t7_path.name} exist)")
-        if not t7_path.is_file():
-            raise DatasetError(f"{t7_path}: label file is missing for image {image_path.name}")
+        require_file(image_path, "image file", f" (its labels {t7_path.name} exist)")
+        require_file(t7_path, "label file", f" for image {image_path.name}")
         try:
             lm = np.asarray(read_t7(t7_path), np.float64)
         except DatasetError:

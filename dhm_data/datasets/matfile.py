@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from .base import DatasetError
+from .base import DatasetError, require_file
 
 
 def load_mat(path: Path) -> dict:
     """All variables of a v5 .mat file as float64-friendly arrays."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: label file is missing")
+    require_file(path, "label file")
     try:
         return scipy.io.loadmat(path, mat_dtype=True)
     except NotImplementedError as e:  # v7.3 files are HDF5

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import camera
 from ..imageio import image_size
-from .base import DatasetError, DatasetReader, Item, Sample
+from .base import DatasetError, DatasetReader, Item, Sample, require_file
 from .matfile import field, load_mat
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
@@ -98,8 +98,7 @@ class Reader(DatasetReader):
         stem = item.name.split("/", 1)[1]
         image_path = subset_dir / f"{stem}.jpg"
         mat_path = subset_dir / f"{stem}.mat"
-        if not image_path.is_file():
-            raise DatasetError(f"{image_path}: image file is missing (its labels {mat_path.name} exist)")
+        require_file(image_path, "image file", f" (its labels {mat_path.name} exist)")
         mat = load_mat(mat_path)
         m = _STEP.match(stem)
         k = int(m.group("k")) if m else 0
