@@ -54,11 +54,33 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
     """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8."""
+    from .datasets.base import require_file
+
     path = Path(path)
-    buf = np.fromfile(path, np.uint8) if path.is_file() else None
-    if buf is None:
-        raise DatasetError(f"{path}: image file is missing")
+    require_file(path, "image file")
+    try:
+        buf = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read image ({e})") from e
     img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
     if img is None:
-        raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes)")
+        raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes): {_diagnose(buf)}")
+    if img.ndim == 2:  # some decoders hand back grey for odd files
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _diagnose(buf: np.ndarray) -> str:
+    """Why a buffer did not decode, as far as its bytes tell."""
+    head, tail = bytes(buf[:8]), bytes(buf[-1024:])
+    if not buf.size:
+        return "the file is empty"
+    if head[:2] == b"\xff\xd8":
+        if b"\xff\xd9" not in tail:
+            return "a JPEG without its end-of-image marker: the file is truncated"
+        return "a JPEG whose data is damaged"
+    if head == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in tail:
+            return "a PNG without its IEND chunk: the file is truncated"
+        return "a PNG whose data is damaged"
+    return f"neither JPEG nor PNG (the file starts with {head!r})"
