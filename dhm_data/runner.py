@@ -77,14 +77,15 @@ class Unit:
 
 def fingerprint(params, paths=(), extra=()) -> str:
     """sha256 over JSON ``params``, each path's (name, size, mtime_ns) -- a
-    missing file counts as such -- and ``extra`` strings."""
+    missing or unreadable file (symlink loop, ...) counts as such -- and
+    ``extra`` strings."""
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for p in paths:
         try:
             st = os.stat(p)
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except FileNotFoundError:
-            h.update(f"{p}\0missing\n".encode())
+        except OSError as e:  # missing, a symlink loop, unreadable: the unit's reader names the problem
+            h.update(f"{p}\0missing\n".encode() if e.errno == errno.ENOENT else f"{p}\0unreadable\0{e.errno}\n".encode())
     for e in extra:
         h.update(str(e).encode() + b"\n")
     return h.hexdigest()
