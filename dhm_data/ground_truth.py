@@ -127,6 +127,12 @@ def load_ground_truth(dataset: str, root=None, build=None, aflw2000_root=None) -
         return from_build(dataset, build)
     root = Path(root).expanduser()
     if not root.exists():
+        import os
+
+        if os.path.islink(root):
+            from .datasets.base import path_problem
+
+            raise GroundTruthError(f"{root}: {path_problem(root)} (the --root of {dataset})")
         raise GroundTruthError(f"{root}: no such file or directory (the --root of {dataset})")
     if spec["kind"] == "300wlp":
         raise GroundTruthError(f"{dataset}: the seed-paper validation split exists only in a build; give --build "
