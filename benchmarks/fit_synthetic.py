@@ -14,8 +14,9 @@ landmark estimates (the noisy ground-truth 3D landmarks).
 
 Per |yaw| bin: 2D NME (fitted vs noise-free landmarks, / sqrt(w h) of the GT
 box, %), 3D NME (x, y, z after removing the mean depth offset, which 2D
-cannot observe, same normaliser, %), and the mean absolute yaw / pitch /
-roll errors (degrees).
+cannot observe, same normaliser, %), the mean absolute yaw / pitch / roll
+errors and the geodesic rotation error (degrees; pitch and roll become
+ill-defined near 90 degrees of yaw, the rotation error does not).
 
 Throughput: the 68-row landmark model (K = 199, E = 29, 68 points: the
 300W-LP size, what a build fits with), fixed-vertex labels with 1 px noise,
@@ -53,6 +54,18 @@ def draw(model, n, seed):
     return a, b, pose
 
 
+def rotation_error_deg(pose_a, pose_b):
+    """Geodesic angle between the two rotations (degrees): well defined at
+    any yaw, unlike the individual Euler angles, whose pitch and roll share an
+    axis as yaw nears 90 degrees (gimbal lock)."""
+    from dhm_data import camera
+
+    _, Ra, _ = camera.pose_para_to_srt(pose_a)
+    _, Rb, _ = camera.pose_para_to_srt(pose_b)
+    c = (np.einsum("bij,bij->b", Ra, Rb) - 1) / 2
+    return np.degrees(np.arccos(np.clip(c, -1, 1)))
+
+
 def nme3d(pred, gt):
     d = pred - gt
     d[..., 2] -= np.nanmean(d[..., 2], axis=-1, keepdims=True)
@@ -72,8 +85,8 @@ def accuracy_tables(n, seed):
     abs_yaw = np.degrees(np.abs(pose[:, 1]))
     for use3d in (False, True):
         print(f"### {'2D landmarks + 3D estimates' if use3d else '2D landmarks only'}\n")
-        print("| noise px | yaw bin | n | 2D NME % | 3D NME % | yaw err | pitch err | roll err | iterations | converged |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| noise px | yaw bin | n | 2D NME % | 3D NME % | yaw err | pitch err | roll err | rotation err | iterations | converged |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for noise in (0.0, 1.0, 2.0):
             obs = gt + rng.normal(size=gt.shape) * noise
             t0 = time.perf_counter()
@@ -82,11 +95,12 @@ def accuracy_tables(n, seed):
             e2 = fitting.landmark_nme(r.landmarks, gt)
             e3 = nme3d(r.landmarks, gt)
             ang = np.degrees(np.abs(r.pose_para[:, :3] - pose[:, :3]))
+            rot = rotation_error_deg(r.pose_para, pose)
             for lo, hi in BINS + [(0, 90.0001)]:
                 sel = (abs_yaw >= lo) & (abs_yaw < hi)
                 label = "all" if (lo, hi) == (0, 90.0001) else f"[{lo},{int(hi)})"
                 print(f"| {noise:.0f} | {label} | {sel.sum()} | {100 * e2[sel].mean():.3f} | {100 * e3[sel].mean():.3f} | "
-                      f"{ang[sel, 1].mean():.2f} | {ang[sel, 0].mean():.2f} | {ang[sel, 2].mean():.2f} | "
+                      f"{ang[sel, 1].mean():.2f} | {ang[sel, 0].mean():.2f} | {ang[sel, 2].mean():.2f} | {rot[sel].mean():.2f} | "
                       f"{r.iterations[sel].mean():.2f} | {100 * r.converged[sel].mean():.1f}% |")
             print(f"<!-- noise {noise}: {n / dt:.0f} fits/s with marching -->")
         print()
