@@ -253,7 +253,8 @@ class ShardDataset:
             elif f.storage == schema.SMALL:
                 st.arrays[name] = ds[()]
             elif off is not None:
-                st.arrays[name] = np.memmap(path, dtype=ds.dtype, mode="r", offset=off, shape=(n,) + ds.shape[1:])
+                mm = np.memmap(path, dtype=ds.dtype, mode="r", offset=off, shape=(n,) + ds.shape[1:])
+                st.arrays[name] = mm.view(np.ndarray)   # plain view: cheaper indexing, keeps the map alive
             else:
                 table = None
                 if f.quantised and ds.chunks == (1,) + ds.shape[1:] and "32001" in ds._filters and _blosc_decoder():

@@ -84,7 +84,7 @@ def test_dataset_reads_only_requested_fields(split_dir):
     assert set(s) == {"image", "yaw"}
     st = ds._file(0)
     assert set(st.arrays) | set(st.datasets) == {"image", "yaw"}
-    assert isinstance(st.arrays["image"], np.memmap)   # raw crops are memory-mapped
+    assert isinstance(st.arrays["image"].base, np.memmap)   # raw crops are memory-mapped
     u8 = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8").read_batch([1, 50])["dhm"]
     f32 = ShardDataset(split_dir, fields=["dhm"]).read_batch([1, 50])["dhm"]
     assert u8.dtype == np.uint8
