@@ -586,18 +586,23 @@ def _rotate_gram(Qr, Rp):
     """``K[b, (a, i), (e, j)] = sum_cd Rp[b,a,c] Qr[(b),i,c,j,d] Rp[b,e,d]``
     (rows ordered coordinate-major: all x rows, then all y rows, ...).
     ``Qr`` is ``(N,3,N,3)`` shared by the batch (one GEMM over the nine
-    ``(c, d)`` blocks) or ``(B,N,N,9)`` gathered per image (batched matmul).
-    Returns ``(B, D*N, D*N)``."""
+    ``(c, d)`` blocks per (a, e) block) or ``(B,N,N,9)`` gathered per image.
+    Each block is written straight into its place.  Returns ``(B, D*N, D*N)``."""
     B, D = Rp.shape[:2]
-    C = np.einsum("bac,bed->baecd", Rp, Rp).reshape(B, D * D, 9)
-    if Qr.ndim == 4 and Qr.shape[1] == 3:
-        N = Qr.shape[0]
+    C = np.einsum("bac,bed->baecd", Rp, Rp).reshape(B, D, D, 9)
+    shared = Qr.ndim == 4 and Qr.shape[1] == 3
+    N = Qr.shape[0] if shared else Qr.shape[1]
+    K = np.empty((B, D, N, D, N))
+    if shared:
         Q9 = Qr.transpose(1, 3, 0, 2).reshape(9, N * N)
-        Kt = (C.reshape(B * D * D, 9) @ Q9).reshape(B, D, D, N, N)
+        for a in range(D):
+            for e in range(D):
+                K[:, a, :, e, :] = (C[:, a, e] @ Q9).reshape(B, N, N)
     else:
-        N = Qr.shape[1]
-        Kt = np.matmul(C, Qr.reshape(B, N * N, 9).transpose(0, 2, 1)).reshape(B, D, D, N, N)
-    return Kt.transpose(0, 1, 3, 2, 4).reshape(B, D * N, D * N)
+        for a in range(D):
+            for e in range(D):
+                K[:, a, :, e, :] = np.einsum("bijk,bk->bij", Qr, C[:, a, e])
+    return K.reshape(B, D * N, D * N)
 
 
 def _gather_gram(Q9, rows):
