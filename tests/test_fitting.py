@@ -355,8 +355,8 @@ def test_aflw2000_reference_samples(bfm68_dir, aflw_samples_dir, with_3d, yaw_ma
     assert nme.max() < nme_max and nme.mean() < nme_mean
     np.testing.assert_allclose(r.residual, nme, rtol=1e-9)  # the fit's residual is this NME
     if with_3d:
-        # depth reproduced too (pixels; pt3d_68 z spans ~150 px)
-        assert np.abs(r.landmarks[..., 2] - pts[..., 2]).mean() < 2.5
+        # depth reproduced too (pixels; pt3d_68 z spans ~150 px): measured mean error 0.44 px
+        assert np.abs(r.landmarks[..., 2] - pts[..., 2]).mean() < 0.7
 
 
 # ------------------------------------------------------------------ fit_io
