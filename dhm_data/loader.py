@@ -536,8 +536,14 @@ def _worker_main(dataset, layout, buf_path, n_slots, task_q, result_q, current_g
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     buf = np.memmap(buf_path, dtype=np.uint8, mode="r+", shape=(n_slots * layout.slot_bytes,))
     result_q.put(("ready", os.getpid()))
+    parent = os.getppid()
     while True:
-        task = task_q.get()
+        try:
+            task = task_q.get(timeout=2.0)
+        except queue.Empty:
+            if os.getppid() != parent:   # the loader's process died without closing us
+                break
+            continue
         if task is None:
             break
         gen, b, slot, indices, rng_key = task
