@@ -208,6 +208,11 @@ def prepare_shard(payload) -> dict:
     from .crop import affine_for_reduced, choose_reduction, warp_crop
     from .shards import write_shard
 
+    import cv2
+
+    from .schema import quantise
+
+    cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
     reader, items, lm_model, config, out, attrs, fit_file = payload
     fits = _load_fits(fit_file) if fit_file else None
     rows, rejections, sources = [], [], Counter()
@@ -234,7 +239,9 @@ def prepare_shard(payload) -> dict:
             else:
                 raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
             crop = warp_crop(image, affine_for_reduced(A, r), config.crop_size)
-            rows.append(prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged))
+            row = prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged)
+            row["dhm"] = quantise(row["dhm"])  # the schema's storage form, 4x smaller to hold until written
+            rows.append(row)
             sources[sample.landmark_source] += 1
         except (DatasetError, PrepareError) as e:
             rejections.append({"name": item.name, "path": str(item.paths[0]), "stage": "prepare", "reason": str(e)})

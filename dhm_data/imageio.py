@@ -26,30 +26,50 @@ def image_size(path: Path) -> tuple[int, int]:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(65536)
+            head = f.read(24)
             if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
                 w, h = struct.unpack(">II", head[16:24])
                 return int(h), int(w)
             if head[:2] == b"\xff\xd8":
-                data = head + f.read()
-                i = 2
-                while i + 9 < len(data):
-                    if data[i] != 0xFF:
-                        i += 1
-                        continue
-                    marker = data[i + 1]
-                    if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                        i += 1 if marker == 0xFF else 2
-                        continue
-                    (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
-                    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                        h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-                        return int(h), int(w)
-                    i += 2 + seg_len
+                size = _jpeg_size(f)
+                if size is not None:
+                    return size
     except OSError as e:
         raise DatasetError(f"{path}: cannot open image ({e})") from e
     img = decode_rgb(path)
     return img.shape[:2]
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments (reading only their headers) to the
+    first start-of-frame; None if there is none."""
+    f.seek(2)
+    while True:
+        b = f.read(1)
+        while b == b"\xff":  # fill bytes before a marker
+            nxt = f.read(1)
+            if nxt != b"\xff":
+                b = nxt
+                break
+        if not b:
+            return None
+        marker = b[0]
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue  # markers without a length
+        seg = f.read(2)
+        if len(seg) < 2:
+            return None
+        (seg_len,) = struct.unpack(">H", seg)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            sof = f.read(5)
+            if len(sof) < 5:
+                return None
+            h, w = struct.unpack(">HH", sof[1:5])
+            return int(h), int(w)
+        f.seek(seg_len - 2, 1)
+        if f.read(1) != b"\xff":
+            return None
+        f.seek(-1, 1)
 
 
 def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:

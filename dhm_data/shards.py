@@ -111,7 +111,9 @@ def _encode(f: schema.Field, values, n: int, dims: dict, path: Path):
         elif d != want:
             raise bad(f"expected per-sample shape {f.shape}, found {a.shape[1:]}")
     target = np.dtype(f.dtype)
-    if target == np.uint8:
+    if f.quantised and a.dtype == np.uint8:
+        pass  # already quantised (schema.quantise): stored as is
+    elif target == np.uint8:
         if a.dtype != np.uint8:
             raise bad(f"expected uint8, found {a.dtype} (convert explicitly; no silent casts of image data)")
     elif target == np.bool_:
@@ -123,6 +125,8 @@ def _encode(f: schema.Field, values, n: int, dims: dict, path: Path):
         if a.dtype.kind not in "fiu":
             raise bad(f"expected a float array, found {a.dtype}")
         a = a.astype(target, copy=False)
+    if f.quantised and a.dtype == np.uint8:
+        return np.ascontiguousarray(a)  # already schema.quantise()d by the caller
     if f.quantised:
         for i in range(0, n, 64):
             blk = a[i:i + 64]
@@ -164,7 +168,8 @@ def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: d
 
     ``columns``: field name -> stacked per-sample values (first axis = sample),
     exactly the fields of :data:`dhm_data.schema.FIELDS` (text fields: a
-    sequence of str).  An empty dict writes a valid shard of 0 samples (every
+    sequence of str; a quantised field takes floats in [0, 1] or the uint8
+    that :func:`dhm_data.schema.quantise` made of them, stored as is).  An empty dict writes a valid shard of 0 samples (every
     sample of the unit was rejected).  ``attrs``: file attributes (str, numbers,
     bools; dicts/lists are stored as JSON strings); ``schema_version``,
     ``package_version``, ``n_samples`` and ``checksums`` are set here (a given

@@ -24,7 +24,8 @@ image terms (point 0 is always the jaw end on the image's left).  The 3DMM
 parameters of a mirrored sample are the original photo's (read from the
 sibling non-flipped ``.mat``) with ``mirror_width`` set, so the 3D landmarks
 are reconstructed from them and mirrored the same way; where the sibling is
-absent the ``_Flip`` file's own parameters are used.
+absent the ``_Flip`` file's own parameters are used.  (So a ``_Flip`` sample's
+own ``.mat`` is only read when its ``pt2d`` or parameters are used.)
 """
 
 from __future__ import annotations
@@ -99,7 +100,14 @@ class Reader(DatasetReader):
         image_path = subset_dir / f"{stem}.jpg"
         mat_path = subset_dir / f"{stem}.mat"
         require_file(image_path, "image file", f" (its labels {mat_path.name} exist)")
-        mat = load_mat(mat_path)
+        require_file(mat_path, "label file")
+        own = {}  # the sample's own .mat, read only when something of it is used
+
+        def mat():
+            if not own:
+                own["mat"] = load_mat(mat_path)
+            return own["mat"]
+
         m = _STEP.match(stem)
         k = int(m.group("k")) if m else 0
         base = item.subset.removesuffix("_Flip")
@@ -114,7 +122,7 @@ class Reader(DatasetReader):
             mirror_here = item.flipped and lm_file.parent.name == base
             source = f"landmarks/{key}"
         elif opt == "pt2d" or k == 0:
-            pts = field(mat, mat_path, "pt2d", (2, 68)).T
+            pts = field(mat(), mat_path, "pt2d", (2, 68)).T
             mirror_here = False
             source = "pt2d"
         else:
@@ -130,10 +138,11 @@ class Reader(DatasetReader):
         if item.flipped:
             pts = pts[mirror_permutation()]
 
-        params_mat, params_path, mirror_width = mat, mat_path, None
         sibling = self.root / base / f"{stem}.mat"
         if item.flipped and sibling.is_file():
             params_mat, params_path, mirror_width = load_mat(sibling), sibling, w
+        else:
+            params_mat, params_path, mirror_width = mat(), mat_path, None
         pose = field(params_mat, params_path, "Pose_Para", (1, 7)).ravel()
         shape = field(params_mat, params_path, "Shape_Para", (199, 1)).ravel()
         exp = field(params_mat, params_path, "Exp_Para", (29, 1)).ravel()
