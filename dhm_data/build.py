@@ -108,6 +108,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
         _cache_model(layout, lm_model)
         fits, fit_summary = {}, None
         if "fit" in cfg["build"]["stages"]:
+            reuse_fit_settings(layout, cfg, req, echo)
             fits, fit_summary = run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req)
         units = []
         for split, split_items in splits.items():
@@ -162,13 +163,31 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
     units = fit_units(layout, reader, lm_model, cfg, splits, shard_size, l3)
     res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm",
                     progress=req.progress, scheduler=req.scheduler)
+    flagged = [f for u in units for f in res[u.name]["flagged"]]
+    atomic.write_bytes(layout.fits_flagged, "".join(json.dumps(r, sort_keys=True) + "\n" for r in flagged).encode())
     summary = {
         "fitted": sum(r["fitted"] for r in res.values()),
         "converged": sum(r["converged"] for r in res.values()),
         "with_3d_estimates": len(l3 or {}),
-        "flagged": [f for u in units for f in res[u.name]["flagged"]],
+        "flagged": len(flagged),
+        "flagged_list": str(layout.fits_flagged),
+        "unreadable": sum(len(r["rejections"]) for r in res.values()),
+        "settings": {"fit": cfg.get("fit", {}), "landmarks_3d": str(req.landmarks_3d) if req.landmarks_3d else None},
     }
     return {u.meta["key"]: Path(u.outputs[0]) for u in units}, summary
+
+
+def reuse_fit_settings(layout: BuildLayout, cfg: dict, req: BuildRequest, echo) -> None:
+    """A ``build`` after ``dhm-data fit-bfm`` on the same folder fits with the
+    same settings ([fit] options, 3D landmark estimates) unless it is given
+    its own, so its fit units match and are not redone."""
+    if req.landmarks_3d is not None or not layout.fit_summary.exists():
+        return
+    settings = json.loads(layout.fit_summary.read_text()).get("settings") or {}
+    if settings.get("landmarks_3d"):
+        req.landmarks_3d = Path(settings["landmarks_3d"])
+    cfg["fit"] = dict(settings.get("fit", cfg.get("fit", {})))
+    echo(f"using the fit settings of the earlier `dhm-data fit-bfm` run ({layout.fit_summary})")
 
 
 def _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary=None) -> dict:

@@ -56,7 +56,7 @@ def fit_units(layout, reader, lm_model, cfg, splits, shard_size, landmarks_3d: d
 
 def fit_shard(payload) -> dict:
     """Worker: fit every sample of one shard in one batched solve."""
-    from .fit_io import write_fits
+    from .fit_io import flagged_table, read_fits, write_fits
     from .fitting import FitConfig, fit
 
     reader, items, lm_model, fit_cfg, out, l3 = payload
@@ -71,14 +71,16 @@ def fit_shard(payload) -> dict:
         lm2.append(s.landmarks_2d)
         lm3.append(l3.get(item.name, np.full((68, 3), np.nan)))
         heights.append(s.image_size[0])
-    config = FitConfig(**{k: v for k, v in fit_cfg.items() if k in FitConfig.__dataclass_fields__})
+    unknown = sorted(set(fit_cfg) - set(FitConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"[fit] options {unknown} are not FitConfig fields ({', '.join(FitConfig.__dataclass_fields__)})")
+    config = FitConfig(**fit_cfg)
     if names:
         result = fit(np.stack(lm2), lm_model, np.stack(lm3) if l3 else None, config, image_height=np.array(heights))
-        write_fits(out, names, result)
+        write_fits(out, names, result, image_height=np.array(heights), model_name=lm_model.name, used_3d=bool(l3))
         n_conv = int(np.sum(result.converged))
-        flagged = [(n, float(r)) for n, r, c in zip(names, result.residual, result.converged)
-                   if not c or not r <= config.max_residual]
     else:
         write_fits(out, [], None)
-        n_conv, flagged = 0, []
+        n_conv = 0
+    flagged = flagged_table(read_fits(out)) if names else []
     return {"fitted": len(names), "converged": n_conv, "flagged": flagged, "rejections": rejections}

@@ -10,6 +10,7 @@
       mean_dhm.npy            (S, S, 3) float32 DHM of the model's mean shape
       model/landmarks68.npz   compact 68-row model the workers load
       fits/<split>/shard-NNNNN.npz   fitted parameters (fit stage)
+      fits/flagged.jsonl      fits not converged or over the residual limit
       <split>/shard-NNNNN.h5  HDF5 shards (prepare stage)
       .records/<stage>/<split>/shard-NNNNN.json   unit records (fingerprints)
       .lock                   held while a build writes here
@@ -64,6 +65,10 @@ class BuildLayout:
 
     def shard(self, split: str, index: int) -> Path:
         return self.split_dir(split) / f"{self.shard_name(index)}.h5"
+
+    @property
+    def fits_flagged(self) -> Path:
+        return self.root / "fits" / "flagged.jsonl"
 
     def fits(self, split: str, index: int) -> Path:
         return self.root / "fits" / split / f"{self.shard_name(index)}.npz"

@@ -67,3 +67,22 @@ def test_build_errors_are_clear(tmp_path):
 def test_real_data_needs_bfm(tmp_path, aflw_samples_dir):
     r = CliRunner().invoke(main, ["build", "aflw2000", "--root", str(aflw_samples_dir), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "--bfm is required for real data" in r.output
+
+
+def test_build_after_fit_bfm_reuses_the_fits(tmp_path, synthetic_tree):
+    root = synthetic_tree("ls3dw", 30)
+    l3 = root / "LS3D-W" / "synthetic_landmarks_3d.npz"
+    out = tmp_path / "ls"
+    run = CliRunner().invoke
+    r = run(main, ["fit-bfm", "ls3dw", "--root", str(root), "--out", str(out), "--landmarks-3d", str(l3),
+                   "--regularisation", "0.01", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "fitted 30 samples" in r.output
+    fits = sorted((out / "fits").rglob("shard-*.npz"))
+    mtimes = [p.stat().st_mtime_ns for p in fits]
+    r = run(main, ["build", "ls3dw", "--root", str(root), "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert [p.stat().st_mtime_ns for p in fits] == mtimes  # not refitted
+    s = json.loads((out / "build.json").read_text())
+    assert s["fit"]["with_3d_estimates"] == 30 and s["pipeline"]["fit"]["regularisation"] == 0.01
+    assert s["label_sources"] == {"t7": 30}

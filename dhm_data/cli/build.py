@@ -32,9 +32,13 @@ def _fail(e: Exception):
 @click.option("--margin", type=float, default=None, help="Override [crop] margin (side = (1 + margin) * box side).")
 @click.option("--sigma", type=float, default=None, help="Override [dhm] sigma (crop pixels).")
 @click.option("--shard-size", type=int, default=None, help="Override [shards] size (samples per shard).")
+@click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="3D landmark estimates for the fit stage (.npz: names, landmarks_3d (N, 68, 3)); "
+                   "default: those of an earlier `dhm-data fit-bfm` into the same --out.")
 @click.option("--limit", type=int, default=None, help="Only the first N samples (a quick trial; skips the count check).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size, margin, sigma, shard_size, limit, quiet):
+def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size, margin, sigma, shard_size, landmarks_3d,
+          limit, quiet):
     """Build HDF5 shards for the pipeline NAME (pipelines/NAME.toml, or a .toml path).
 
     Resumable: rerun the same command after a crash or Ctrl-C and only the
@@ -48,7 +52,8 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size}
     out = out or Path("out") / Path(pipeline).stem
-    req = BuildRequest(pipeline, root, out, bfm, jobs, backend, strict, overrides, not quiet, limit, scheduler=scheduler)
+    req = BuildRequest(pipeline, root, out, bfm, jobs, backend, strict, overrides, not quiet, limit,
+                       landmarks_3d=landmarks_3d, scheduler=scheduler)
     try:
         summary = run_build(req, echo=lambda m: click.echo(m, err=True))
     except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError) as e:

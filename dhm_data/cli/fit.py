@@ -177,52 +177,26 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
 
 def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,
                  method, jobs, backend, quiet, echo):
-    """DATASET mode: the build's fit stage alone, through the same runner."""
-    from .. import atomic
-    from ..build import BuildError, BuildRequest, plan, resolve_model
+    """DATASET mode: the build's fit stage alone (:func:`dhm_data.build.run_fit`)."""
+    from ..build import BuildError, BuildRequest, run_fit
     from ..datasets import DatasetError
-    from ..fit_io import flagged_table, read_fits
-    from ..layout import BuildLayout
     from ..model_io import ModelFileError
     from ..pipeline import PipelineError
-    from ..runner import BuildLock, BuildLockedError, run_units
+    from ..runner import BuildLockedError, UnitError
 
-    try:
-        from ..fit_stage import fit_shard, fit_units, load_landmarks_3d
-    except ImportError as e:  # pragma: no cover - depends on the build code
-        raise click.ClickException(f"DATASET mode needs dhm_data.fit_stage ({e}); use --landmarks mode") from e
     if root is None:
         raise click.UsageError("DATASET mode needs --root DIR (the raw dataset folder)")
     out = out or Path("out") / Path(dataset).stem
     overrides = {f"fit.{k}": v for k, v in (("regularisation", regularisation), ("max_iterations", max_iterations),
                                              ("tolerance", tolerance), ("max_residual", max_residual), ("jaw", jaw),
                                              ("method", method)) if v is not None}
-    req = BuildRequest(dataset, root, out, bfm, jobs, backend, False, overrides, not quiet)
-    layout = BuildLayout(out)
+    req = BuildRequest(dataset, root, out, bfm, jobs, backend, False, overrides, not quiet, landmarks_3d=landmarks_3d)
     try:
-        cfg, reader, items, manifest, count_problems, splits = plan(req)
-        for p in count_problems:
-            echo(f"warning: count mismatch: {p}")
-        model = resolve_model(bfm, reader)
-        l3 = load_landmarks_3d(landmarks_3d) if landmarks_3d else None
-        _config(None, None, None, None, None, None, cfg.get("fit"))  # validate the pipeline's [fit] table
-        shard_size = int(cfg["shards"]["size"])
-        with BuildLock(layout):
-            units = fit_units(layout, reader, model.landmark_model(), cfg, splits, shard_size, landmarks_3d=l3)
-            results = run_units(layout, units, fit_shard, jobs=jobs, backend=backend, desc="fit-bfm", progress=not quiet)
-    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError) as e:
+        s = run_fit(req, echo=echo)
+    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    flagged, fitted, conv, rejected = [], 0, 0, []
-    for u in units:
-        r = results[u.name]
-        fitted += r["fitted"]
-        conv += r["converged"]
-        rejected += r.get("rejections", [])
-        if r["fitted"]:
-            flagged += flagged_table(read_fits(u.outputs[0]))
-    listing = layout.root / "fits" / "flagged.jsonl"
-    atomic.write_bytes(listing, "".join(json.dumps(r, sort_keys=True) + "\n" for r in flagged).encode())
-    click.echo(f"fitted {fitted} samples of {reader.name} into {layout.root / 'fits'}: {conv} converged, "
-               f"{len(flagged)} flagged (list: {listing}), {len(rejected)} unreadable")
-    limit = float(cfg.get("fit", {}).get("max_residual", 0.05)) if max_residual is None else max_residual
+    click.echo(f"fitted {s['fitted']} samples of {dataset} into {Path(out) / 'fits'}: {s['converged']} converged, "
+               f"{s['flagged']} flagged (list: {s['flagged_list']}), {s['unreadable']} unreadable")
+    flagged = [json.loads(line) for line in Path(s["flagged_list"]).read_text().splitlines()]
+    limit = float(s["settings"]["fit"].get("max_residual", 0.05))
     _report_flagged(flagged, limit, echo)
