@@ -10,8 +10,9 @@ samples/s for image + DHM + landmarks + parameters, batch 64, shuffled order,
 with 0, 1 and 2 workers, bytes per sample on disk, and the ratio to the
 floor: a bare random read of the same bytes (image bytes + compressed DHM
 bytes + small fields) from a raw ``np.memmap``, and the CPU time per sample
-(loader process + workers), which shows the scaling even on a busy machine:
-near-linear scaling = the same CPU per sample with 1 or 2 workers as with 0.
+(loader process + workers, timed epochs), which shows the scaling even on a
+busy machine: near-linear scaling = about the same CPU per sample with 1 or 2
+workers as with 0.
 """
 
 from __future__ import annotations
@@ -145,37 +146,47 @@ def warm(paths):
 REPEATS = 3
 
 
-def _cpu_seconds():
-    import resource
-
-    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+def _cpu_seconds(pids=()):
+    """CPU seconds (user + system) of this process and the live processes ``pids``."""
+    t = os.times()
+    total = t.user + t.system
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def loader_rate(folder, dtype, workers, epochs, copy, block_size=16, mp_context=None, repeats=None):
     """(samples/s, CPU microseconds per sample) of the best of ``repeats`` runs of
-    ``epochs`` timed epochs (after one warm-up epoch), each with a fresh dataset
-    and loader, as a training script would have.  CPU time is that of this
-    process and its (joined) workers over the loader's whole life, start-up
-    included: a contention-proof measure of the work per sample."""
+    ``epochs`` timed epochs (after one warm-up epoch that starts the workers, opens
+    the files and maps their pages), each with a fresh dataset and loader, as a
+    training script would have.  CPU time is that of this process and its
+    workers during the timed epochs (Linux /proc): the work per sample, which a
+    busy machine does not inflate the way it inflates wall-clock time."""
     best, cpu_best = 0.0, float("inf")
     for _ in range(repeats or REPEATS):
-        c0 = _cpu_seconds()
         ds = ShardDataset(folder, fields=FIELDS, dhm_dtype=dtype)
         with Loader(ds, batch_size=64, shuffle=True, seed=0, num_workers=workers, copy=copy,
                     block_size=block_size, mp_context=mp_context) as ld:
             ld.set_epoch(100)
-            total = 0
-            for b in ld:  # start workers, open files
-                total += len(b["image"])
+            for _ in ld:
+                pass
+            pids = [p.pid for p in ld._workers]
             n, t = 0, 0.0
+            try:
+                c0 = _cpu_seconds(pids)
+            except OSError:
+                c0 = None
             for e in range(epochs):
                 ld.set_epoch(e)
                 t0 = time.perf_counter()
                 for b in ld:
                     n += len(b["image"])
                 t += time.perf_counter() - t0
-        cpu_best = min(cpu_best, (_cpu_seconds() - c0) / (n + total) * 1e6)
+            if c0 is not None:
+                cpu_best = min(cpu_best, (_cpu_seconds(pids) - c0) / n * 1e6)
         best = max(best, n / t)
     return best, cpu_best
 

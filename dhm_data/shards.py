@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema
-from .schema import FIELD_BY_NAME, FIELDS, RAW, SCHEMA_VERSION, SMALL, TEXT, U8Q_LZ4, U8Q_RAW
+from .schema import FIELD_BY_NAME, FIELDS, SCHEMA_VERSION, TEXT, U8Q_LZ4
 
 
 class ShardError(RuntimeError):
