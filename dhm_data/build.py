@@ -234,6 +234,12 @@ def prepare_shard(payload) -> dict:
     cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
     reader, items, lm_model, config, out, attrs, fit_file = payload
     fits = _load_fits(fit_file) if fit_file else None
+    S = config.crop_size
+    # The big columns are filled in place (no per-sample arrays to stack); the
+    # DHM is rendered into one scratch buffer and kept in its stored uint8 form.
+    images = np.empty((len(items), S, S, 3), np.uint8)
+    dhms = np.empty((len(items), S, S, 3), np.uint8)
+    scratch = np.empty((S, S, 3), np.float32)
     rows, rejections, sources = [], [], Counter()
     for item in items:
         try:
@@ -257,14 +263,18 @@ def prepare_shard(payload) -> dict:
                                       sample.extra.get("mirror_width"))
             else:
                 raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
-            crop = warp_crop(image, affine_for_reduced(A, r), config.crop_size)
-            row = prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged)
-            row["dhm"] = quantise(row["dhm"])  # the schema's storage form, 4x smaller to hold until written
+            k = len(rows)
+            crop = warp_crop(image, affine_for_reduced(A, r), S, out=images[k])
+            row = prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged, dhm_out=scratch)
+            quantise(row.pop("dhm")[None], out=dhms[k : k + 1])
+            del row["image"]
             rows.append(row)
             sources[sample.landmark_source] += 1
         except (DatasetError, PrepareError) as e:
             rejections.append({"name": item.name, "path": str(item.paths[0]), "stage": "prepare", "reason": str(e)})
     columns = _stack(rows)
+    if rows:
+        columns["image"], columns["dhm"] = images[: len(rows)], dhms[: len(rows)]
     write_shard(out, columns, dict(attrs, n_samples=len(rows), n_rejected=len(rejections)))
     return {"written": len(rows), "rejections": rejections, "label_sources": dict(sources)}
 

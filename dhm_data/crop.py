@@ -78,10 +78,11 @@ def affine_for_reduced(A: np.ndarray, r: int) -> np.ndarray:
     return (np.vstack([A, [0, 0, 1]]) @ S)[:2]
 
 
-def warp_crop(image: np.ndarray, A: np.ndarray, size: int) -> np.ndarray:
+def warp_crop(image: np.ndarray, A: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Resample ``image`` ``(H, W, C)`` into the ``size x size`` crop given by
-    ``A`` (bilinear, black outside the image)."""
+    ``A`` (bilinear, black outside the image), into ``out`` when given
+    (a contiguous ``(size, size, C)`` array of the image's dtype)."""
     return cv2.warpAffine(
-        image, np.asarray(A, np.float64), (size, size), flags=cv2.INTER_LINEAR,
+        image, np.asarray(A, np.float64), (size, size), dst=out, flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT, borderValue=0,
     )

@@ -33,41 +33,58 @@ def normalise_coordinates(landmarks_3d: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (P - lo) / np.where(span > 0, span, 1.0), 0.0)
 
 
-def render_dhm(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0) -> np.ndarray:
+def render_dhm(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
     """Render the DHM of ``(L, 3)`` landmarks whose x, y are crop pixels
-    (0-based centres) and z is depth (any unit: it is normalised)."""
+    (0-based centres) and z is depth (any unit: it is normalised).
+
+    Returns ``(size, size, 3)`` float32; with ``out`` (that shape and dtype)
+    it is overwritten and returned (no new allocation: a build reuses one).
+    """
     P = np.asarray(landmarks_3d, np.float64)
-    out = np.zeros((size, size, 3), np.float32)
-    valid = np.all(np.isfinite(P), axis=1)
-    if not valid.any():
-        return out
-    values = normalise_coordinates(P[valid])
-    xy = P[valid, :2]
+    if out is None:
+        out = np.zeros((size, size, 3), np.float32)
+    else:
+        out.fill(0.0)
+    valid = np.isfinite(P).all(axis=1)
+    if not valid.all():
+        if not valid.any():
+            return out
+        P = P[valid]
+    lo = P.min(axis=0)
+    span = P.max(axis=0) - lo
+    values = (P - lo) / np.where(span > 0, span, np.inf)        # normalise_coordinates, no NaN left here
     radius = max(1, math.ceil(4 * sigma))
+    D = 2 * radius + 1
     offs = np.arange(-radius, radius + 1)
-    cx = np.rint(xy[:, 0]).astype(np.int64)
-    cy = np.rint(xy[:, 1]).astype(np.int64)
-    px = cx[:, None, None] + offs[None, None, :]          # (L, 1, D)
-    py = cy[:, None, None] + offs[None, :, None]          # (L, D, 1)
-    d2 = (px - xy[:, 0, None, None]) ** 2 + (py - xy[:, 1, None, None]) ** 2   # (L, D, D)
-    px, py = np.broadcast_arrays(px, py)
-    inside = ((px >= 0) & (px < size) & (py >= 0) & (py < size)).ravel()
-    flat = (py * size + px).ravel()[inside]
-    d2 = d2.ravel()[inside]
-    lm = np.repeat(np.arange(len(xy)), (2 * radius + 1) ** 2)[inside]
-    # Equal sigmas: the largest weight is the nearest centre.  Pixels reached
-    # by one landmark only are written directly; for contested pixels a stable
-    # sort on (pixel, distance) puts the nearest landmark first (ties: the
-    # lower index, as entries are laid out in landmark order).
-    contested = np.bincount(flat, minlength=size * size)[flat] > 1
-    if contested.any():
-        c = np.flatnonzero(contested)
-        c = c[np.argsort(flat[c] * (2.0 * (radius + 1) ** 2) + d2[c], kind="stable")]
-        keep = np.ones(len(c), bool)
-        keep[1:] = flat[c[1:]] != flat[c[:-1]]
-        contested[c[keep]] = False
-    win = ~contested
-    flat, lm = flat[win], lm[win]
-    w = np.exp(-d2[win] / (2.0 * sigma * sigma))
-    out.reshape(-1, 3)[flat] = (w[:, None] * values[lm]).astype(np.float32)
+    c = np.rint(P[:, :2]).astype(np.int64)                      # (L, 2) nearest pixel
+    dx = (c[:, 0, None] + offs) - P[:, 0, None]                 # (L, D)
+    dy = (c[:, 1, None] + offs) - P[:, 1, None]
+    d2 = (dy[:, :, None] ** 2 + dx[:, None, :] ** 2).reshape(-1)          # (L*D*D,)
+    px = np.broadcast_to(c[:, 0, None, None] + offs, (len(P), D, D)).reshape(-1)
+    py = np.broadcast_to(c[:, 1, None, None] + offs[:, None], (len(P), D, D)).reshape(-1)
+    lm = np.repeat(np.arange(len(P)), D * D)
+    inside = (px >= 0) & (px < size) & (py >= 0) & (py < size)
+    if not inside.all():
+        px, py, d2, lm = px[inside], py[inside], d2[inside], lm[inside]
+    flat = py * size + px
+    # Equal sigmas: the largest weight is the nearest centre.  Only landmarks
+    # whose patches overlap another's can lose a pixel; among their entries a
+    # stable sort on (pixel, distance) puts the nearest landmark first (ties:
+    # the lower index, as entries are laid out in landmark order).
+    gap = np.maximum(np.abs(c[:, 0, None] - c[None, :, 0]), np.abs(c[:, 1, None] - c[None, :, 1]))
+    np.fill_diagonal(gap, 2 * D)
+    crowded = (gap < D).any(axis=1)
+    if crowded.any():
+        sel = np.flatnonzero(crowded[lm])
+        sel = sel[np.argsort(flat[sel] * (2.0 * (radius + 1) ** 2) + d2[sel], kind="stable")]
+        lose = np.zeros(len(sel), bool)
+        lose[1:] = flat[sel[1:]] == flat[sel[:-1]]
+        if lose.any():
+            keep = np.ones(len(flat), bool)
+            keep[sel[lose]] = False
+            flat, d2, lm = flat[keep], d2[keep], lm[keep]
+    w = np.exp(d2 * (-0.5 / (sigma * sigma)))
+    o = out.reshape(-1, 3)
+    for ch in range(3):
+        o[:, ch][flat] = w * values[lm, ch]
     return out

@@ -128,12 +128,14 @@ def field(name: str) -> Field:
         raise KeyError(f"unknown shard field {name!r}; the schema (v{SCHEMA_VERSION}) has {', '.join(FIELD_NAMES)}") from None
 
 
-def quantise(values: np.ndarray, block: int = 16) -> np.ndarray:
-    """[0, 1] floats -> uint8 ``round(255 v)`` (values are clipped first).
+def quantise(values: np.ndarray, block: int = 16, out: np.ndarray | None = None) -> np.ndarray:
+    """[0, 1] floats -> uint8 ``round(255 v)`` (values are clipped first),
+    into ``out`` (uint8, same shape) when given.
 
     Works in blocks of ``block`` rows of the first axis (cache friendly)."""
     v = np.asarray(values)
-    out = np.empty(v.shape, np.uint8)
+    if out is None:
+        out = np.empty(v.shape, np.uint8)
     if v.ndim == 0:
         return np.uint8(np.rint(np.clip(float(v), 0.0, 1.0) * QUANT_LEVELS))
     tmp = None
