@@ -236,10 +236,9 @@ def prepare_shard(payload) -> dict:
     fits = _load_fits(fit_file) if fit_file else None
     S = config.crop_size
     # The big columns are filled in place (no per-sample arrays to stack); the
-    # DHM is rendered into one scratch buffer and kept in its stored uint8 form.
+    # DHM goes straight from its sparse pixels into its stored uint8 form.
     images = np.empty((len(items), S, S, 3), np.uint8)
-    dhms = np.empty((len(items), S, S, 3), np.uint8)
-    scratch = np.empty((S, S, 3), np.float32)
+    dhms = np.zeros((len(items), S, S, 3), np.uint8)
     rows, rejections, sources = [], [], Counter()
     for item in items:
         try:
@@ -265,8 +264,9 @@ def prepare_shard(payload) -> dict:
                 raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
             k = len(rows)
             crop = warp_crop(image, affine_for_reduced(A, r), S, out=images[k])
-            row = prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged, dhm_out=scratch)
-            quantise(row.pop("dhm")[None], out=dhms[k : k + 1])
+            row = prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged, sparse_dhm=True)
+            flat, values = row.pop("dhm")
+            dhms[k].reshape(-1, 3)[flat] = quantise(values.astype(np.float32))
             del row["image"]
             rows.append(row)
             sources[sample.landmark_source] += 1

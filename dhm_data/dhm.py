@@ -38,17 +38,28 @@ def render_dhm(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0, out: np.
     (0-based centres) and z is depth (any unit: it is normalised).
 
     Returns ``(size, size, 3)`` float32; with ``out`` (that shape and dtype)
-    it is overwritten and returned (no new allocation: a build reuses one).
+    it is overwritten and returned.
     """
-    P = np.asarray(landmarks_3d, np.float64)
     if out is None:
         out = np.zeros((size, size, 3), np.float32)
     else:
         out.fill(0.0)
+    flat, values = dhm_pixels(landmarks_3d, size, sigma)
+    o = out.reshape(-1, 3)
+    for ch in range(3):
+        o[:, ch][flat] = values[:, ch]
+    return out
+
+
+def dhm_pixels(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0):
+    """The non-zero pixels of :func:`render_dhm`, sparse: ``flat`` ``(P,)``
+    int64 indices ``y * size + x`` (each at most once) and ``values``
+    ``(P, 3)`` float64, channels x, y, z.  Every other pixel is 0."""
+    P = np.asarray(landmarks_3d, np.float64)
     valid = np.isfinite(P).all(axis=1)
     if not valid.all():
         if not valid.any():
-            return out
+            return np.zeros(0, np.int64), np.zeros((0, 3))
         P = P[valid]
     lo = P.min(axis=0)
     span = P.max(axis=0) - lo
@@ -84,7 +95,4 @@ def render_dhm(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0, out: np.
             keep[sel[lose]] = False
             flat, d2, lm = flat[keep], d2[keep], lm[keep]
     w = np.exp(d2 * (-0.5 / (sigma * sigma)))
-    o = out.reshape(-1, 3)
-    for ch in range(3):
-        o[:, ch][flat] = w * values[lm, ch]
-    return out
+    return flat, w[:, None] * values[lm]

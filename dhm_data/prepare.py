@@ -14,7 +14,7 @@ import numpy as np
 from . import camera
 from .crop import CropError, apply_affine, crop_affine
 from .datasets.base import Sample
-from .dhm import render_dhm
+from .dhm import dhm_pixels, render_dhm
 from .morphable import MorphableModel, fit_length
 
 
@@ -76,12 +76,13 @@ def sample_affine(sample: Sample, config: PrepareConfig) -> np.ndarray:
 
 
 def prepare_sample(sample: Sample, crop: np.ndarray, A: np.ndarray, landmarks_3d: np.ndarray, config: PrepareConfig,
-                   label_source: str, fit_residual=np.nan, fit_converged=True, dhm_out=None) -> dict:
+                   label_source: str, fit_residual=np.nan, fit_converged=True, sparse_dhm=False) -> dict:
     """The shard row of one sample.
 
     ``crop`` ``(S, S, 3)`` uint8 RGB already warped with ``A`` (2x3,
-    source -> crop); ``landmarks_3d`` ``(68, 3)`` in source pixels; the DHM is
-    rendered into ``dhm_out`` when given (see :func:`dhm_data.dhm.render_dhm`).
+    source -> crop); ``landmarks_3d`` ``(68, 3)`` in source pixels.  With
+    ``sparse_dhm`` the row's ``"dhm"`` is :func:`dhm_data.dhm.dhm_pixels`'
+    ``(flat, values)`` instead of the dense ``(S, S, 3)`` array.
     """
     lm2 = apply_affine(A, sample.landmarks_2d)
     lm3 = apply_affine(A, landmarks_3d)
@@ -92,7 +93,7 @@ def prepare_sample(sample: Sample, crop: np.ndarray, A: np.ndarray, landmarks_3d
     yaw = sample.extra.get("yaw_deg", float(camera.yaw_degrees(pose)))
     return {
         "image": crop,
-        "dhm": render_dhm(lm3, config.crop_size, config.sigma, out=dhm_out),
+        "dhm": (dhm_pixels if sparse_dhm else render_dhm)(lm3, config.crop_size, config.sigma),
         "landmarks_2d": lm2.astype(np.float32),
         "landmarks_3d": lm3.astype(np.float32),
         "pose_para": pose.astype(np.float32),
