@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -147,8 +148,14 @@ class BuildLock:
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
+            holder = ""
+            for _ in range(40):  # the holder writes its pid just after taking the lock
+                f.seek(0)
+                holder = f.read().strip()
+                if holder:
+                    break
+                time.sleep(0.025)
+            holder = holder or "unknown"
             f.close()
             raise BuildLockedError(
                 f"{self.path.parent}: another build (pid {holder}) is writing this directory; "
