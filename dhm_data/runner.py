@@ -259,7 +259,7 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
                 yield client
         else:
             with LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              dashboard_address=":0") as cluster, Client(cluster) as client:
                 yield client
     elif backend == "ray":
         try:

@@ -48,7 +48,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
     """
     from ..build import BuildError, BuildRequest, run_build
     from ..model_io import ModelFileError
-    from ..runner import BuildLockedError
+    from ..runner import BuildLockedError, UnitError
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size}
     out = out or Path("out") / Path(pipeline).stem
@@ -56,7 +56,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
                        landmarks_3d=landmarks_3d, scheduler=scheduler)
     try:
         summary = run_build(req, echo=lambda m: click.echo(m, err=True))
-    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError) as e:
+    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError) as e:
         _fail(e)
     written = ", ".join(f"{k}: {v}" for k, v in summary["written"].items())
     click.echo(f"built {summary['dataset']} into {out}: {written}; rejected {summary['rejected']}")

@@ -19,7 +19,8 @@ def demo(out, n, jobs, seed, fresh):
     exact on-disk formats of the real ones), build all three (LS3D-W through
     the fit stage), draw a sample, score noisy predictions with dhm-eval's
     protocol, and print where everything is."""
-    from ..build import BuildRequest, run_build
+    from ..build import BuildError, BuildRequest, run_build
+    from ..runner import BuildLockedError, UnitError
     from ..layout import BuildLayout
     from ..synth import synthesize
 
@@ -34,8 +35,11 @@ def demo(out, n, jobs, seed, fresh):
             synthesize(dataset, tree, n, seed=seed)
         click.echo(f"building {dataset} -> {builds / dataset}")
         l3 = next(tree.rglob("synthetic_landmarks_3d.npz"), None) if dataset == "ls3dw" else None
-        s = run_build(BuildRequest(dataset, tree, builds / dataset, None, jobs=jobs, landmarks_3d=l3),
-                      echo=lambda m: click.echo(f"  {m}", err=True))
+        try:
+            s = run_build(BuildRequest(dataset, tree, builds / dataset, None, jobs=jobs, landmarks_3d=l3),
+                          echo=lambda m: click.echo(f"  {m}", err=True))
+        except (BuildError, BuildLockedError, UnitError) as e:
+            raise click.ClickException(str(e)) from e
         extra = f", fitted {s['fit']['fitted']} (converged {s['fit']['converged']})" if s.get("fit") else ""
         lines.append(f"  {dataset:9s} raw {tree}\n            shards {builds / dataset}: {s['written']}, rejected {s['rejected']}{extra}")
 
