@@ -8,11 +8,12 @@ published NME / CED protocol.
 
 __version__ = "0.1.0"
 
-__all__ = ["ShardDataset", "Loader", "evaluate", "load_model", "__version__"]
+__all__ = ["ShardDataset", "Loader", "HorizontalFlip", "evaluate", "load_model", "__version__"]
 
 _LAZY = {
     "ShardDataset": ("dhm_data.loader", "ShardDataset"),
     "Loader": ("dhm_data.loader", "Loader"),
+    "HorizontalFlip": ("dhm_data.loader", "HorizontalFlip"),
     "evaluate": ("dhm_data.evaluation", "evaluate"),
     "load_model": ("dhm_data.model_io", "load_model"),
 }

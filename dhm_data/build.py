@@ -275,7 +275,8 @@ def prepare_shard(payload) -> dict:
     columns = _stack(rows)
     if rows:
         columns["image"], columns["dhm"] = images[: len(rows)], dhms[: len(rows)]
-    write_shard(out, columns, dict(attrs, n_samples=len(rows), n_rejected=len(rejections)))
+    write_shard(out, columns, dict(attrs, n_samples=len(rows), n_rejected=len(rejections)),
+                storage={"dhm": config.dhm_storage})
     return {"written": len(rows), "rejections": rejections, "label_sources": dict(sources)}
 
 

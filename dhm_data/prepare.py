@@ -27,10 +27,12 @@ class PrepareConfig:
     crop_size: int = 224
     margin: float = 0.3
     sigma: float = 1.0
+    dhm_storage: str = "u8q-lz4"
 
     @classmethod
     def from_pipeline(cls, cfg: dict) -> "PrepareConfig":
-        return cls(int(cfg["crop"]["size"]), float(cfg["crop"]["margin"]), float(cfg["dhm"]["sigma"]))
+        return cls(int(cfg["crop"]["size"]), float(cfg["crop"]["margin"]), float(cfg["dhm"]["sigma"]),
+                   str(cfg["shards"].get("dhm_storage", "u8q-lz4")))
 
 
 def posed_landmarks(model: MorphableModel, pose_para, shape_para, exp_para, image_height: int, mirror_width=None) -> np.ndarray:

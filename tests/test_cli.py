@@ -86,3 +86,19 @@ def test_build_after_fit_bfm_reuses_the_fits(tmp_path, synthetic_tree):
     s = json.loads((out / "build.json").read_text())
     assert s["fit"]["with_3d_estimates"] == 30 and s["pipeline"]["fit"]["regularisation"] == 0.01
     assert s["label_sources"] == {"t7": 30}
+
+
+def test_dhm_storage_option_changes_storage_not_values(tmp_path, synthetic_tree):
+    from dhm_data.shards import read_columns, shard_info
+
+    root = synthetic_tree("aflw2000", 8)
+    run = CliRunner().invoke
+    for kind in ("u8q-lz4", "u8q-raw"):
+        r = run(main, ["build", "aflw2000", "--root", str(root), "--out", str(tmp_path / kind), "--dhm-storage", kind, "--quiet"])
+        assert r.exit_code == 0, r.output
+    a = read_columns(tmp_path / "u8q-lz4" / "test" / "shard-00000.h5", ["dhm"])["dhm"]
+    b = read_columns(tmp_path / "u8q-raw" / "test" / "shard-00000.h5", ["dhm"])["dhm"]
+    np.testing.assert_array_equal(a, b)
+    raw = (tmp_path / "u8q-raw" / "test" / "shard-00000.h5").stat().st_size
+    lz4 = (tmp_path / "u8q-lz4" / "test" / "shard-00000.h5").stat().st_size
+    assert raw > lz4 + 8 * 100_000  # the uncompressed DHMs take their full 150 KB each

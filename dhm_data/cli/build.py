@@ -32,13 +32,15 @@ def _fail(e: Exception):
 @click.option("--margin", type=float, default=None, help="Override [crop] margin (side = (1 + margin) * box side).")
 @click.option("--sigma", type=float, default=None, help="Override [dhm] sigma (crop pixels).")
 @click.option("--shard-size", type=int, default=None, help="Override [shards] size (samples per shard).")
+@click.option("--dhm-storage", type=click.Choice(["u8q-lz4", "u8q-raw"]), default=None,
+              help="Override [shards] dhm_storage: u8q-lz4 (compressed, default) or u8q-raw (2x disk, faster loads).")
 @click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="3D landmark estimates for the fit stage (.npz: names, landmarks_3d (N, 68, 3)); "
                    "default: those of an earlier `dhm-data fit-bfm` into the same --out.")
 @click.option("--limit", type=int, default=None, help="Only the first N samples (a quick trial; skips the count check).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size, margin, sigma, shard_size, landmarks_3d,
-          limit, quiet):
+def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size, margin, sigma, shard_size, dhm_storage,
+          landmarks_3d, limit, quiet):
     """Build HDF5 shards for the pipeline NAME (pipelines/NAME.toml, or a .toml path).
 
     Resumable: rerun the same command after a crash or Ctrl-C and only the
@@ -50,7 +52,8 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
     from ..model_io import ModelFileError
     from ..runner import BuildLockedError, UnitError
 
-    overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size}
+    overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size,
+                 "shards.dhm_storage": dhm_storage}
     out = out or Path("out") / Path(pipeline).stem
     req = BuildRequest(pipeline, root, out, bfm, jobs, backend, strict, overrides, not quiet, limit,
                        landmarks_3d=landmarks_3d, scheduler=scheduler)
