@@ -266,7 +266,7 @@ def prepare_shard(payload) -> dict:
             crop = warp_crop(image, affine_for_reduced(A, r), S, out=images[k])
             row = prepare_sample(sample, crop, A, lm3, config, label_source, residual, converged, sparse_dhm=True)
             flat, values = row.pop("dhm")
-            dhms[k].reshape(-1, 3)[flat] = quantise(values.astype(np.float32))
+            dhms[k].reshape(-1, 3)[flat] = quantise(values.astype(np.float32), block=len(values) or 1)
             del row["image"]
             rows.append(row)
             sources[sample.landmark_source] += 1
