@@ -87,6 +87,23 @@ def plan(req: BuildRequest):
     return cfg, reader, items, manifest, count_problems, splits
 
 
+def _checked_plan(req: BuildRequest, echo):
+    """:func:`plan`, the count check (warned, or fatal with ``--strict``) and
+    the model: what a build and a fit-only run do before taking the lock."""
+    cfg, reader, items, manifest, count_problems, splits = plan(req)
+    for p in count_problems:
+        echo(f"warning: count mismatch: {p}")
+    if count_problems and req.strict:
+        raise BuildError("--strict: the scan disagrees with the manifest: " + "; ".join(count_problems))
+    return cfg, reader, count_problems, splits, resolve_model(req.bfm, reader)
+
+
+def _record_plan(layout: BuildLayout, splits, lm_model: MorphableModel) -> None:
+    """Write the split actually used and the compact landmark model workers load."""
+    atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
+    _cache_model(layout, lm_model)
+
+
 def _chunks(items, size):
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -94,18 +111,12 @@ def _chunks(items, size):
 def run_build(req: BuildRequest, echo=print) -> dict:
     """Run (or resume) a build; returns the summary also written to build.json."""
     layout = BuildLayout(req.out)
-    cfg, reader, items, manifest, count_problems, splits = plan(req)
-    for p in count_problems:
-        echo(f"warning: count mismatch: {p}")
-    if count_problems and req.strict:
-        raise BuildError("--strict: the scan disagrees with the manifest: " + "; ".join(count_problems))
-    model = resolve_model(req.bfm, reader)
+    cfg, reader, count_problems, splits, model = _checked_plan(req, echo)
     lm_model = model.landmark_model()
     config = PrepareConfig.from_pipeline(cfg)
     shard_size = int(cfg["shards"]["size"])
     with BuildLock(layout):
-        atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
-        _cache_model(layout, lm_model)
+        _record_plan(layout, splits, lm_model)
         fits, fit_summary = {}, None
         if "fit" in cfg["build"]["stages"]:
             reuse_fit_settings(layout, cfg, req, echo)
@@ -306,15 +317,10 @@ def run_fit(req: BuildRequest, echo=print) -> dict:
     the build folder, so that a later ``dhm-data build`` of the same pipeline
     and folder finds every fit unit done and goes straight to prepare."""
     layout = BuildLayout(req.out)
-    cfg, reader, items, manifest, count_problems, splits = plan(req)
-    for p in count_problems:
-        echo(f"warning: count mismatch: {p}")
-    if count_problems and req.strict:
-        raise BuildError("--strict: the scan disagrees with the manifest: " + "; ".join(count_problems))
-    lm_model = resolve_model(req.bfm, reader).landmark_model()
+    cfg, reader, count_problems, splits, model = _checked_plan(req, echo)
+    lm_model = model.landmark_model()
     with BuildLock(layout):
-        atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
-        _cache_model(layout, lm_model)
+        _record_plan(layout, splits, lm_model)
         _, summary = run_fit_stage(layout, reader, lm_model, cfg, splits, int(cfg["shards"]["size"]), req)
         atomic.write_json(layout.fit_summary, summary)
     return summary
