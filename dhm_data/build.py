@@ -141,7 +141,9 @@ def run_build(req: BuildRequest, echo=print) -> dict:
         results = run_units(layout, units, prepare_shard, jobs=req.jobs, backend=req.backend,
                             desc=f"build {cfg['name']}", progress=req.progress, scheduler=req.scheduler)
         summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary)
-        np.save(layout.mean_dhm, mean_shape_dhm(lm_model, config)) if not layout.mean_dhm.exists() else None
+        with atomic.atomic_path(layout.mean_dhm) as tmp:  # cheap: rewritten so it follows the crop/DHM settings
+            with open(tmp, "wb") as f:
+                np.save(f, mean_shape_dhm(lm_model, config))
     n_rej = summary["rejected"]
     if n_rej and req.strict:
         raise BuildError(f"--strict: {n_rej} samples were rejected; see {layout.rejections}")

@@ -65,3 +65,18 @@ def test_rerun_skips_finished_units_and_redoes_changed_ones(tmp_path, synthetic_
     req.overrides = {"shards.size": 6, "dhm.sigma": 1.5}
     run_build(req, echo=lambda m: None)
     assert all(p.stat().st_mtime_ns != mtimes[p] for p in shards)  # parameter change redoes all
+
+
+def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
+    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.dhm import normalise_coordinates
+
+    root = synthetic_tree("aflw2000", 8)
+    req = BuildRequest("aflw2000", root, tmp_path / "b", None, progress=False)
+    run_build(req, echo=lambda m: None)
+    a = np.load(tmp_path / "b" / "mean_dhm.npy")
+    assert a.shape == (224, 224, 3) and a.dtype == np.float32 and 0.9 < a.max() <= 1.0
+    req.overrides = {"crop.size": 128}
+    run_build(req, echo=lambda m: None)
+    assert np.load(tmp_path / "b" / "mean_dhm.npy").shape == (128, 128, 3)
+    assert not list((tmp_path / "b").glob(".mean_dhm*"))
