@@ -69,7 +69,6 @@ def test_rerun_skips_finished_units_and_redoes_changed_ones(tmp_path, synthetic_
 
 def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
     from dhm_data.build import BuildRequest, run_build
-    from dhm_data.dhm import normalise_coordinates
 
     root = synthetic_tree("aflw2000", 8)
     req = BuildRequest("aflw2000", root, tmp_path / "b", None, progress=False)
