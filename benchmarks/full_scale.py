@@ -41,7 +41,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 REAL_NON_FLIPPED = 61_225          # IBUG 1,786 + AFW 5,207 + LFPW 16,556 + HELEN 37,676
 REAL_TOTAL = 2 * REAL_NON_FLIPPED  # with the _Flip mirrors: 122,450

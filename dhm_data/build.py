@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__, atomic
 from .datasets import DatasetError, get_reader
-from .datasets.base import DatasetReader, Item
+from .datasets.base import DatasetReader
 from .expected import assign_split, check_counts, load_manifest
 from .layout import BuildLayout
 from .morphable import MorphableModel

@@ -3,7 +3,6 @@
 import shutil
 
 import numpy as np
-import pytest
 import scipy.io as sio
 
 from dhm_data.build import BuildRequest, run_build

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import scipy.io as sio
 
 from dhm_data import camera

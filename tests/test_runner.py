@@ -1,12 +1,10 @@
-import json
 import multiprocessing as mp
-import time
 
 import pytest
 
 from dhm_data import atomic
 from dhm_data.layout import BuildLayout
-from dhm_data.runner import BuildLock, BuildLockedError, Unit, fingerprint, is_done, run_units
+from dhm_data.runner import BuildLock, BuildLockedError, Unit, fingerprint, run_units
 
 
 def _work(payload):

@@ -9,7 +9,7 @@ import click
 
 from ..datasets import DatasetError
 from ..layout import BuildLayout
-from ..pipeline import PipelineError, available_pipelines
+from ..pipeline import PipelineError
 
 
 def _fail(e: Exception):
