@@ -6,6 +6,7 @@
       build.json              summary: pipeline, counts, rejections, versions
       fit.json                summary of a `dhm-data fit-bfm` run (fit stage only)
       split.json              the split actually used (sample names per split)
+      plan.json               every planned unit per stage: fingerprint and outputs (for `status`)
       rejections.jsonl        one line per rejected sample: name, path, stage, reason
       mean_dhm.npy            (S, S, 3) float32 DHM of the model's mean shape
       model/landmarks68.npz   compact 68-row model the workers load
@@ -36,6 +37,10 @@ class BuildLayout:
     @property
     def fit_summary(self) -> Path:
         return self.root / "fit.json"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.root / "plan.json"
 
     @property
     def split_file(self) -> Path:

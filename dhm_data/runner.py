@@ -175,6 +175,35 @@ class BuildLock:
             self._f = None
 
 
+def record_plan(layout: BuildLayout, units: list[Unit]) -> None:
+    """Add the stage's planned units (fingerprint, outputs, samples) to
+    ``plan.json``, so that :func:`plan_status` can tell done from left."""
+    plan = json.loads(layout.plan_file.read_text()) if layout.plan_file.exists() else {}
+    for stage in {u.stage for u in units}:
+        plan[stage] = {u.name: {"fingerprint": u.fingerprint, "outputs": [str(o) for o in u.outputs], "n": u.n}
+                       for u in units if u.stage == stage}
+    atomic.write_json(layout.plan_file, plan)
+
+
+def plan_status(layout: BuildLayout) -> dict:
+    """``{stage: {"done": [unit names], "left": [unit names], "samples_left": n}}``
+    from ``plan.json`` and the unit records (a record with a stale fingerprint,
+    or a changed output, counts as left)."""
+    plan = json.loads(layout.plan_file.read_text()) if layout.plan_file.exists() else {}
+    out = {}
+    for stage, units in plan.items():
+        done, left, n_left = [], [], 0
+        for name, u in units.items():
+            unit = Unit(stage, name, u["fingerprint"], [Path(o) for o in u["outputs"]], None, u["n"])
+            if is_done(layout, unit):
+                done.append(name)
+            else:
+                left.append(name)
+                n_left += u["n"]
+        out[stage] = {"done": done, "left": left, "samples_left": n_left}
+    return out
+
+
 def run_units(
     layout: BuildLayout,
     units: list[Unit],
@@ -190,6 +219,7 @@ def run_units(
     units (skipped ones give their recorded result)."""
     from tqdm.auto import tqdm
 
+    record_plan(layout, units)
     results: dict[str, dict] = {}
     todo = []
     for u in units:

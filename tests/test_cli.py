@@ -40,7 +40,13 @@ def test_build_status_verify_show(tmp_path, synthetic_tree):
     assert r.exit_code == 0, r.output
     assert "built aflw2000" in r.output and "test: 8" in r.output
     r = run(main, ["status", str(out)])
-    assert "stage prepare: 3 units done" in r.output and "finished" in r.output
+    assert "stage prepare: 3 of 3 units done" in r.output and "finished" in r.output
+    shard1 = out / "test" / "shard-00001.h5"
+    shard1.write_bytes(shard1.read_bytes())          # rewritten after its record: no longer trusted
+    r = run(main, ["status", str(out)])
+    assert "stage prepare: 2 of 3 units done; left: test/shard-00001, 3 samples" in r.output
+    r = run(main, ["build", "aflw2000", "--root", str(root), "--out", str(out), "--shard-size", "3", "--quiet"])
+    assert "stage prepare: 3 of 3 units done" in run(main, ["status", str(out)]).output
     r = run(main, ["verify", str(out)])
     assert r.exit_code == 0 and "ok: 3 shards, 8 samples" in r.output
     r = run(main, ["show", str(out), "-i", "7", "-o", str(tmp_path / "s.png")])

@@ -71,20 +71,22 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def status(out):
     """Show which units of the build in OUT are done and which are left."""
+    from ..runner import plan_status
+
     layout = BuildLayout(out)
     if not layout.split_file.exists():
         raise click.ClickException(f"{out}: not a build folder (no {layout.split_file.name}); run `dhm-data build` first")
-    recs = sorted((layout.root / ".records").glob("*/**/*.json"))
-    done = {}
-    for r in recs:
-        rec = json.loads(r.read_text())
-        done.setdefault(rec["stage"], []).append(rec["unit"])
     splits = json.loads(layout.split_file.read_text())
     click.echo(f"build folder: {layout.root}")
     for split, names in splits.items():
         click.echo(f"  split {split}: {len(names)} samples")
-    for stage, units in sorted(done.items()):
-        click.echo(f"  stage {stage}: {len(units)} units done")
+    for stage, st in plan_status(layout).items():
+        n = len(st["done"]) + len(st["left"])
+        line = f"  stage {stage}: {len(st['done'])} of {n} units done"
+        if st["left"]:
+            more = f" (+{len(st['left']) - 3} more)" if len(st["left"]) > 3 else ""
+            line += f"; left: {', '.join(st['left'][:3])}{more}, {st['samples_left']} samples"
+        click.echo(line)
     if layout.summary.exists():
         s = json.loads(layout.summary.read_text())
         click.echo(f"  finished: written {s['written']}, rejected {s['rejected']}")
