@@ -169,8 +169,11 @@ def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: d
     ``columns``: field name -> stacked per-sample values (first axis = sample),
     exactly the fields of :data:`dhm_data.schema.FIELDS` (text fields: a
     sequence of str; a quantised field takes floats in [0, 1] or the uint8
-    that :func:`dhm_data.schema.quantise` made of them, stored as is).  An empty dict writes a valid shard of 0 samples (every
-    sample of the unit was rejected).  ``attrs``: file attributes (str, numbers,
+    that :func:`dhm_data.schema.quantise` made of them, stored as is).  An
+    empty dict writes a valid shard of 0 samples (every sample of the unit
+    was rejected; it may be given ``attrs["dims"]``, e.g. ``{"S": 224}``, so
+    that its 0-row columns read with the build's shapes; otherwise ``dims`` is
+    set from the data).  ``attrs``: file attributes (str, numbers,
     bools; dicts/lists are stored as JSON strings); ``schema_version``,
     ``package_version``, ``n_samples`` and ``checksums`` are set here (a given
     ``n_samples`` must agree with the data).  ``storage``: optional field ->
@@ -210,6 +213,13 @@ def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: d
             raise ShardSchemaError(f"{final_path}: field {name!r}: storage {kind!r} is not one of {allowed}")
         kinds[name] = kind
     dims: dict = {}
+    if "dims" in attrs:
+        given = parse_json_attr(attrs.pop("dims"))
+        if columns or not isinstance(given, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in given.items()):
+            raise ShardSchemaError(f"{final_path}: attribute dims is set from the data; it may be given only for a "
+                                   f"0-sample shard, as {{symbol: int}} (found {given!r})")
+        dims = dict(given)
     stored = {f.name: _encode(f, columns[f.name], n, dims, final_path) for f in FIELDS} if columns else {}
 
     h5py = _h5py()
@@ -356,6 +366,18 @@ class ShardReader:
 
     Text fields come back as numpy ``str`` arrays.  ``dhm_dtype="uint8"``
     returns the stored ``round(255 v)`` instead of float32 ``v``.
+
+    A 0-sample shard (every sample of its unit rejected: ``write_shard(path,
+    {}, attrs)``) stores no field datasets; it still lists every schema field
+    and reads each as 0 rows of the schema's per-sample shape and dtype
+    (``image`` ``(0, S, S, 3)`` uint8, ``landmarks_2d`` ``(0, 68, 2)``
+    float32, text ``(0,)`` ``str``).  A symbolic dimension (``S``, ``K``,
+    ``E``) is taken from the file's ``dims`` attribute when recorded there,
+    else it is 0 (the writer of an empty shard has no data to take it from):
+    fields without one (landmarks, poses, names, ...) concatenate with other
+    shards' columns as they are; for ``image``/``dhm``/``shape_para``/
+    ``exp_para`` skip the 0-row arrays (``(0, 0, 0, 3)`` does not join
+    ``(N, S, S, 3)``).
     """
 
     def __init__(self, path, dhm_dtype: str = "float32"):
@@ -394,13 +416,31 @@ class ShardReader:
 
     @property
     def fields(self) -> list[str]:
-        return list(self.info.fields)
+        """Fields of the shard (every schema field, also for a 0-sample shard)."""
+        return list(self.info.fields) if self.n_samples else list(schema.FIELD_NAMES)
+
+    def _empty(self, f: schema.Field, indices) -> np.ndarray:
+        """0 rows of ``f`` for a 0-sample shard (symbolic dims from ``dims`` or 0)."""
+        if indices is not None and len(np.atleast_1d(np.asarray(indices))):
+            bad = int(np.atleast_1d(np.asarray(indices))[0])
+            raise IndexError(f"{self.path}: sample index {bad} out of range for a shard of 0 samples")
+        if f.is_text:
+            return np.empty(0, "<U1")
+        try:
+            dims = json.loads(self.attrs.get("dims") or "{}")
+        except (TypeError, ValueError):
+            dims = {}
+        shape = tuple(int(dims.get(d, 0)) if isinstance(d, str) else d for d in f.shape)
+        dtype = np.float32 if f.quantised and self.dhm_dtype == "float32" else f.stored_dtype
+        return np.empty((0,) + shape, dtype)
 
     def read(self, name: str, indices=None) -> np.ndarray:
         """Field ``name`` for all samples or for ``indices`` (any order, repeats
         allowed; read one sample at a time, never by HDF5 fancy indexing)."""
         f = schema.field(name)
         if name not in self.info.fields:
+            if self.n_samples == 0:
+                return self._empty(f, indices)
             raise ShardSchemaError(f"{self.path}: field {name!r} is not in this shard")
         ds = self._h[name]
         if f.is_text:

@@ -391,3 +391,107 @@ def test_direct_blosc_decode_matches_h5py(split_dir, monkeypatch):
     assert slow._file(0).datasets and not slow._file(0).chunks
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(want, np.rint(all_columns(split_dir)["dhm"][idx] * 255))
+
+
+# ------------------------------------------------------------------ empty shards, damage, CRC check
+def test_empty_shards_first_and_between(tmp_path):
+    d = tmp_path / "val"
+    d.mkdir()
+    cols = [make_columns(5, size=8, seed=1), make_columns(7, size=8, seed=2)]
+    write_shard(d / "shard-00000.h5", {}, {"n_samples": 0})
+    write_shard(d / "shard-00001.h5", cols[0])
+    write_shard(d / "shard-00002.h5", {}, {"n_samples": 0})
+    write_shard(d / "shard-00003.h5", cols[1])
+    ds = ShardDataset(d, fields=["image", "landmarks_2d", "name"])
+    assert len(ds) == 12 and ds.lengths.tolist() == [5, 7]
+    assert [p.name for p in ds.paths] == ["shard-00001.h5", "shard-00003.h5"]
+    want = np.concatenate([c["landmarks_2d"] for c in cols])
+    np.testing.assert_array_equal(ds.read_batch(np.arange(12))["landmarks_2d"], want)
+    np.testing.assert_array_equal(ds[7]["image"], cols[1]["image"][2])
+    with Loader(ds, batch_size=5, shuffle=True, seed=3, num_workers=2, mp_context="fork") as ld:
+        got = [b for b in ld]
+    assert [len(b["name"]) for b in got] == [5, 5, 2]
+    names = np.concatenate([b["name"] for b in got])
+    assert sorted(names.tolist()) == sorted(np.concatenate([c["name"] for c in cols]).tolist())
+    with pytest.raises(ShardError, match="hold no samples"):
+        ShardDataset([d / "shard-00000.h5", d / "shard-00002.h5"])
+
+
+def _flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def damage_dir(tmp_path):
+    """Two shards of 6 samples (crop size 24: every DHM chunk a Blosc frame in the
+    first, DHMs stored u8q-raw, memory-mapped, in the second)."""
+    d = tmp_path / "train"
+    d.mkdir()
+    cols = [make_columns(6, size=24, seed=k) for k in (0, 1)]
+    for k, c in enumerate(cols):
+        write_shard(d / f"shard-{k:05d}.h5", c, storage={"dhm": "u8q-raw"} if k else None)
+    return d, cols
+
+
+def _offset(path, field, sample):
+    import h5py
+
+    with h5py.File(path, "r") as h:
+        ds = h[field]
+        return ds.id.get_offset() + sample * int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+
+
+@pytest.mark.parametrize("field", ["image", "dhm", "landmarks_2d", "yaw"])
+def test_check_crc_names_file_field_sample_and_name(damage_dir, field):
+    d, cols = damage_dir
+    victim = d / "shard-00001.h5"
+    intact = ShardDataset(d, check_crc=True).read_batch(np.arange(12))
+    plain = ShardDataset(d).read_batch(np.arange(12))
+    for k in plain:
+        np.testing.assert_array_equal(intact[k], plain[k], err_msg=k)
+    _flip_byte(victim, _offset(victim, field, 4) + 1)          # sample 4 of the second shard = global 10
+    fields = ["image", "dhm", "landmarks_2d", "yaw", "name"]
+    # without the check the damaged byte is delivered silently (it decodes fine)
+    got = ShardDataset(d, fields=fields, dhm_dtype="uint8").read_batch([10])[field][0]
+    written = schema.quantise(cols[1]["dhm"][4:5])[0] if field == "dhm" else cols[1][field][4]
+    assert got.shape == written.shape and not np.array_equal(got, written)
+    ds = ShardDataset(d, fields=fields, check_crc=True)
+    ds.read_batch(np.arange(10))                               # the other samples read fine
+    with pytest.raises(ShardError) as e:
+        ds.read_batch([0, 11, 10, 3])
+    msg = str(e.value)
+    assert msg.startswith(f"{victim}: field {field!r}: sample 4 {cols[1]['name'][4]!r}: CRC32 mismatch"), msg
+    assert "dhm-data verify" in msg
+
+
+def test_damaged_chunk_header_h5py_fallback_names_the_sample(damage_dir):
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    d, cols = damage_dir
+    victim = d / "shard-00000.h5"
+    with h5py.File(victim, "r") as h:
+        off = h["dhm"].id.get_chunk_info(2).byte_offset
+    _flip_byte(victim, off + 5)                                # Blosc header: uncompressed size
+    ds = ShardDataset(d, fields=["dhm", "name"])
+    np.testing.assert_array_equal(ds.read_batch([0, 1, 3, 11])["name"], [cols[0]["name"][i] for i in (0, 1, 3)]
+                                  + [cols[1]["name"][5]])
+    st = ds._file(0)
+    assert "dhm" in st.datasets and "dhm" not in st.chunks    # the chunk table was refused: h5py reads
+    with pytest.raises(ShardError) as e:
+        ds.read_batch([5, 2])
+    msg = str(e.value)
+    assert msg.startswith(f"{victim}: field 'dhm': sample 2 {cols[0]['name'][2]!r}: unreadable through HDF5"), msg
+    assert "dhm-data verify" in msg and isinstance(e.value.__cause__, OSError)
+    # without "name" among the fields the name is still looked up in the file
+    with pytest.raises(ShardError, match=f"sample 2 {cols[0]['name'][2]!r}"):
+        ShardDataset(d, fields=["dhm"]).read_batch([2])
+
+
+def test_check_crc_in_spawned_workers(split_dir):
+    ds = ShardDataset(split_dir, fields=["image", "dhm", "name"], check_crc=True)
+    ref = list(Loader(ShardDataset(split_dir, fields=["image", "dhm", "name"]), batch_size=32, seed=4))
+    with Loader(ds, batch_size=32, seed=4, num_workers=2, mp_context="spawn") as ld:
+        _batches_equal(ref, list(ld))

@@ -130,6 +130,39 @@ def test_empty_shard(tmp_path):
         write_shard(tmp_path / "x.h5", {}, {"n_samples": 3})
 
 
+def test_empty_shard_reads_as_zero_rows(tmp_path):
+    p = write_shard(tmp_path / "shard-00001.h5", {}, {"n_samples": 0})
+    cols = read_columns(p)
+    assert sorted(cols) == sorted(schema.FIELD_NAMES)
+    want = {"image": ((0, 0, 0, 3), np.uint8), "dhm": ((0, 0, 0, 3), np.float32),
+            "landmarks_2d": ((0, 68, 2), np.float32), "landmarks_3d": ((0, 68, 3), np.float32),
+            "pose_para": ((0, 7), np.float32), "shape_para": ((0, 0), np.float32), "exp_para": ((0, 0), np.float32),
+            "crop_affine": ((0, 2, 3), np.float64), "yaw": ((0,), np.float32), "flipped": ((0,), np.bool_),
+            "fit_residual": ((0,), np.float32), "fit_converged": ((0,), np.bool_)}
+    for name, (shape, dtype) in want.items():
+        assert cols[name].shape == shape and cols[name].dtype == dtype, name
+    for name in ("name", "subset", "label_source"):
+        assert cols[name].shape == (0,) and cols[name].dtype.kind == "U", name
+    assert read_columns(p, ["dhm"], dhm_dtype="uint8")["dhm"].dtype == np.uint8
+    with ShardReader(p) as r:
+        assert r.n_samples == 0 and r.fields == list(schema.FIELD_NAMES)
+        assert r.read("landmarks_2d", []).shape == (0, 68, 2)
+        with pytest.raises(IndexError, match="out of range for a shard of 0 samples"):
+            r.read("landmarks_2d", [0])
+    # a recorded symbolic dimension is used; the columns join those of other shards
+    q = write_shard(tmp_path / "shard-00002.h5", {}, {"n_samples": 0, "dims": '{"S": 24, "K": 5}'})
+    full = make_columns(3)
+    f = write_shard(tmp_path / "shard-00003.h5", full)
+    empty = read_columns(q)
+    assert empty["image"].shape == (0, 24, 24, 3) and empty["shape_para"].shape == (0, 5)
+    assert empty["exp_para"].shape == (0, 0)
+    joined = {k: np.concatenate([read_columns(f, [k])[k], v]) for k, v in empty.items() if k != "exp_para"}
+    np.testing.assert_array_equal(joined["image"], full["image"])
+    assert joined["name"].tolist() == list(full["name"])
+    with pytest.raises(ShardSchemaError, match="dims is set from the data"):
+        write_shard(tmp_path / "x.h5", full, {"dims": {"S": 24}})
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c.pop("yaw"), r"missing fields \['yaw'\]"),
     (lambda c: c.update(extra=np.zeros(4)), r"columns \['extra'\] are not in the shard schema"),
