@@ -168,13 +168,16 @@ class ShardDataset:
     tables are loaded whole once per process and shard (4 bytes per sample
     and field); fields loaded whole (small arrays, text) are checked once when
     a shard is opened, the memory-mapped crops and the DHMs on every read.
-    Default False, for speed: the check costs a CRC32 over every image and DHM
-    byte read, measured at about 0.09 ms per 224x224 sample (image + DHM,
-    zlib.crc32 at ~3.5 GB/s on this project's 2-core machine), which took the
-    one-process loader from ~5,100 to ~3,200 samples/s (batch 64, image + DHM
-    + landmarks + parameters; see the README).  Without it a damaged sample
-    is caught only where the data cannot be decoded (a broken Blosc chunk) or
-    by ``dhm-data verify``; a flipped byte of a raw crop goes unnoticed.
+    Default False, for speed: the check is one ``zlib.crc32`` pass (~4 GB/s)
+    over every image and DHM byte read, about 75 us of CPU per 224x224 sample
+    (2 x 150,528 bytes).  Measured on this project's 2-core machine (synthetic
+    2,560-sample build, batch 64, image + DHM + landmarks + parameters,
+    ``copy=False``, warm page cache), samples/s without -> with the check:
+    one process 40,900 -> 9,700 (``dhm_dtype="uint8"``) and 13,000 -> 6,500
+    (float32); two workers 46,300 -> 16,700 (uint8) and 15,400 -> 10,100
+    (float32).  Without it a damaged sample is caught only where its data
+    cannot be decoded (a broken Blosc chunk) or by ``dhm-data verify``: a
+    flipped byte of a raw crop, say, is delivered as is.
 
     Read failures (a damaged chunk, an unreadable field) raise
     :class:`~dhm_data.shards.ShardError` naming the file, the field, the
