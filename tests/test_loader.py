@@ -112,16 +112,24 @@ def test_dataset_in_worker_processes(split_dir, method):
     assert ds._pid is not None  # parent state kept
 
 
-def test_torch_dataloader_accepts_dataset(split_dir):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_torch_dataloader_accepts_dataset(split_dir, method):
     torch = pytest.importorskip("torch")
-    ds = ShardDataset(split_dir, fields=["image", "landmarks_2d", "name"])
-    dl = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, shuffle=False)
-    names, lms = [], []
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} not available")
+    ds = ShardDataset(split_dir, fields=["image", "dhm", "landmarks_2d", "name"], check_crc=True)
+    ds.read_batch([0])   # the parent holds open handles before the workers start
+    dl = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, shuffle=False, multiprocessing_context=method)
+    names, lms, images = [], [], []
     for b in dl:
+        assert b["image"].dtype == torch.uint8 and b["dhm"].dtype == torch.float32
         names += list(b["name"])
         lms.append(b["landmarks_2d"].numpy())
+        images.append(b["image"].numpy())
     assert names == [f"s{i:03d}" for i in range(87)]
-    np.testing.assert_array_equal(np.concatenate(lms), all_columns(split_dir)["landmarks_2d"])
+    cols = all_columns(split_dir)
+    np.testing.assert_array_equal(np.concatenate(lms), cols["landmarks_2d"])
+    np.testing.assert_array_equal(np.concatenate(images), cols["image"])
 
 
 # ------------------------------------------------------------------ order
