@@ -447,16 +447,34 @@ class ShardReader:
             allv = ds.asstr()[()] if self.n_samples else np.empty(0, object)
             vals = allv if indices is None else allv[np.asarray(indices, np.int64)]
             return np.array(list(vals), dtype=str) if len(vals) else np.empty(0, "<U1")
+        stored = None
         if indices is None:
-            stored = ds[()]
-        else:
+            try:
+                stored = ds[()]
+            except Exception:
+                indices = np.arange(self.n_samples)   # find the unreadable sample
+        if stored is None:
             idx = np.asarray(indices, np.int64)
             stored = np.empty((len(idx),) + ds.shape[1:], ds.dtype)
             for j, i in enumerate(idx):
-                stored[j] = ds[int(i)]
+                try:
+                    stored[j] = ds[int(i)]
+                except Exception as e:
+                    self._read_failure(name, int(i), e)
         if f.quantised and self.dhm_dtype == "float32":
             return schema.dequantise(stored)
         return stored
+
+
+    def _read_failure(self, name: str, i: int, e: BaseException):
+        try:
+            names = self._h["name"].asstr()[()] if name != "name" else None
+            label = f" {str(names[i])!r}" if names is not None and i < len(names) else ""
+        except Exception:
+            label = ""
+        raise ShardError(f"{self.path}: field {name!r}: sample {i}{label}: unreadable ({type(e).__name__}: {e}); "
+                         "the shard is damaged (run `dhm-data verify` on it; rerunning the `dhm-data build` that "
+                         "wrote it rebuilds it)") from e
 
 
 def read_columns(path, fields=None, dhm_dtype: str = "float32") -> dict:

@@ -280,6 +280,23 @@ def test_verify_detects_bit_flip_in_small_field_and_text(shard):
         verify_shard(path)
 
 
+def test_reader_names_an_unreadable_sample(shard):
+    path, cols = shard
+    with h5py.File(path, "r") as h:
+        off = h["dhm"].id.get_chunk_info(6).byte_offset
+    data = bytearray(path.read_bytes())
+    data[off + 5] ^= 0x5A          # Blosc header of sample 6: uncompressed size
+    path.write_bytes(bytes(data))
+    with ShardReader(path) as r:
+        np.testing.assert_array_equal(r.read("dhm", [0, 9]), schema.dequantise(schema.quantise(cols["dhm"][[0, 9]])))
+        for indices in (None, [1, 6]):
+            with pytest.raises(ShardError) as e:
+                r.read("dhm", indices)
+            msg = str(e.value)
+            assert msg.startswith(f"{path}: field 'dhm': sample 6 {cols['name'][6]!r}: unreadable (OSError"), msg
+            assert "dhm-data verify" in msg and isinstance(e.value.__cause__, OSError)
+
+
 def test_schema_version_mismatch(shard):
     path, _ = shard
     with h5py.File(path, "r+") as h:
