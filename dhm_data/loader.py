@@ -322,7 +322,10 @@ class ShardDataset:
                 if f.quantised and ds.chunks == (1,) + ds.shape[1:] and "32001" in ds._filters and _blosc_decoder():
                     if st.filemap is None:
                         st.filemap = np.memmap(path, dtype=np.uint8, mode="r")
-                    table = _chunk_table(ds, n, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, st.filemap)
+                    try:
+                        table = _chunk_table(ds, n, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, st.filemap)
+                    except Exception:   # a damaged chunk index: h5py reads, naming any sample it cannot
+                        table = None
                 if table is not None:
                     st.chunks[name] = table
                 else:
