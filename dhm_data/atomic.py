@@ -41,10 +41,11 @@ def write_bytes(final, data: bytes) -> None:
 
 
 def write_json(final, obj) -> None:
-    write_bytes(final, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+    write_bytes(final, (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode())
 
 
-def _jsonable(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
     import numpy as np
 
     if isinstance(o, np.generic):

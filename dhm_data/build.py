@@ -288,8 +288,10 @@ def prepare_shard(payload) -> dict:
     columns = _stack(rows)
     if rows:
         columns["image"], columns["dhm"] = images[: len(rows)], dhms[: len(rows)]
-    write_shard(out, columns, dict(attrs, n_samples=len(rows), n_rejected=len(rejections)),
-                storage={"dhm": config.dhm_storage})
+    attrs = dict(attrs, n_samples=len(rows), n_rejected=len(rejections))
+    if not rows:
+        attrs["dims"] = {"S": S}  # an all-rejected shard still reads as (0, S, S, 3) images
+    write_shard(out, columns, attrs, storage={"dhm": config.dhm_storage})
     return {"written": len(rows), "rejections": rejections, "label_sources": dict(sources)}
 
 

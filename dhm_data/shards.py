@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema
+from .atomic import json_default
 from .schema import FIELD_BY_NAME, FIELDS, SCHEMA_VERSION, TEXT, U8Q_LZ4
 
 
@@ -142,7 +143,7 @@ def _encode(f: schema.Field, values, n: int, dims: dict, path: Path):
 
 def _attr_value(v):
     if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, sort_keys=True, default=_json_default)
+        return json.dumps(v, sort_keys=True, default=json_default)
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, np.generic):
@@ -150,16 +151,6 @@ def _attr_value(v):
     if v is None:
         return "null"
     return v
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"attribute value not JSON serialisable: {type(o).__name__}")
 
 
 # ------------------------------------------------------------------ writer

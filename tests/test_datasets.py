@@ -155,3 +155,18 @@ def test_bad_t7_is_rejected_with_its_path(tmp_path, synthetic_tree):
     items[1].paths[1].unlink()
     with pytest.raises(DatasetError, match=r"\.t7: label file is missing"):
         reader.load(items[1])
+
+
+def test_a_shard_whose_samples_are_all_rejected_reads_as_zero_rows(tmp_path, synthetic_tree):
+    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.shards import read_columns
+
+    shutil.copytree(synthetic_tree("aflw2000", 8), tmp_path / "tree")
+    items = get_reader("aflw2000")(tmp_path / "tree").items()
+    for it in items[:2]:
+        it.paths[0].write_bytes(b"")                 # the first shard (size 2) loses both samples
+    s = run_build(BuildRequest("aflw2000", tmp_path / "tree", tmp_path / "out", None, progress=False,
+                               overrides={"shards.size": 2}), echo=lambda m: None)
+    assert s["written"] == {"test": 6} and s["rejected"] == 2
+    cols = read_columns(tmp_path / "out" / "test" / "shard-00000.h5")
+    assert cols["image"].shape == (0, 224, 224, 3) and cols["name"].shape == (0,)
