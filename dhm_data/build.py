@@ -116,6 +116,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
     config = PrepareConfig.from_pipeline(cfg)
     shard_size = int(cfg["shards"]["size"])
     with BuildLock(layout):
+        layout.summary.unlink(missing_ok=True)  # "finished" only once this run has finished
         _record_plan(layout, splits, lm_model)
         fits, fit_summary = {}, None
         if "fit" in cfg["build"]["stages"]:
@@ -140,6 +141,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
                                   (reader, chunk, lm_model, config, out, attrs, fit_file), n=len(chunk)))
         results = run_units(layout, units, prepare_shard, jobs=req.jobs, backend=req.backend,
                             desc=f"build {cfg['name']}", progress=req.progress, scheduler=req.scheduler)
+        remove_stale(layout, "prepare", units, layout.shards())
         summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary)
         with atomic.atomic_path(layout.mean_dhm) as tmp:  # cheap: rewritten so it follows the crop/DHM settings
             with open(tmp, "wb") as f:
@@ -176,6 +178,7 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
     units = fit_units(layout, reader, lm_model, cfg, splits, shard_size, l3)
     res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm",
                     progress=req.progress, scheduler=req.scheduler)
+    remove_stale(layout, "fit", units, sorted((layout.root / "fits").glob("*/shard-*.npz")))
     flagged = [f for u in units for f in res[u.name]["flagged"]]
     atomic.write_bytes(layout.fits_flagged, "".join(json.dumps(r, sort_keys=True) + "\n" for r in flagged).encode())
     summary = {
@@ -185,9 +188,25 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
         "flagged": len(flagged),
         "flagged_list": str(layout.fits_flagged),
         "unreadable": sum(len(r["rejections"]) for r in res.values()),
-        "settings": {"fit": cfg.get("fit", {}), "landmarks_3d": str(req.landmarks_3d) if req.landmarks_3d else None},
+        "settings": {"fit": cfg.get("fit", {}),
+                     "landmarks_3d": str(Path(req.landmarks_3d).resolve()) if req.landmarks_3d else None},
     }
     return {u.meta["key"]: Path(u.outputs[0]) for u in units}, summary
+
+
+def remove_stale(layout: BuildLayout, stage: str, units: list, existing) -> None:
+    """Delete ``stage`` outputs and unit records that the current plan does not
+    contain (a smaller shard count, a changed split, a --limit trial after a
+    full build), so the folder holds exactly what build.json describes."""
+    planned = {Path(o) for u in units for o in u.outputs}
+    for p in existing:
+        if Path(p) not in planned:
+            Path(p).unlink(missing_ok=True)
+    names = {u.name for u in units}
+    records = layout.root / ".records" / stage
+    for r in sorted(records.rglob("*.json")) if records.is_dir() else []:
+        if r.relative_to(records).with_suffix("").as_posix() not in names:
+            r.unlink(missing_ok=True)
 
 
 def reuse_fit_settings(layout: BuildLayout, cfg: dict, req: BuildRequest, echo) -> None:
@@ -203,6 +222,23 @@ def reuse_fit_settings(layout: BuildLayout, cfg: dict, req: BuildRequest, echo) 
     echo(f"using the fit settings of the earlier `dhm-data fit-bfm` run ({layout.fit_summary})")
 
 
+def rejection_kind(rejection: dict) -> str:
+    """A rejection reason without its file path and numbers, to count alike
+    reasons together ("not a decodable image (N bytes)", ...)."""
+    import re
+
+    reason = rejection["reason"]
+    path = rejection.get("path", "")
+    for prefix in (path, str(Path(path).with_suffix(".mat")), str(Path(path).with_suffix(".t7"))):
+        if prefix and reason.startswith(prefix + ": "):
+            reason = reason[len(prefix) + 2 :]
+            break
+    else:
+        m = re.match(r"^\S+\.(?:jpg|jpeg|png|mat|t7): ", reason)
+        reason = reason[m.end():] if m else reason
+    return re.sub(r"-?\d+(?:\.\d+)?", "N", reason.split(" (")[0])[:80]
+
+
 def _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary=None) -> dict:
     rejections = [r for u in units for r in results[u.name]["rejections"]]
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejections)
@@ -210,7 +246,7 @@ def _summarise(layout, cfg, reader, model, units, results, count_problems, split
     per_split = Counter()
     for u in units:
         per_split[u.name.split("/")[0]] += results[u.name]["written"]
-    reasons = Counter(r["reason"].split(":")[0] for r in rejections)
+    reasons = Counter(rejection_kind(r) for r in rejections)
     summary = {
         "dataset": reader.name,
         "pipeline": cfg,
@@ -268,11 +304,14 @@ def prepare_shard(payload) -> dict:
             image = decode_rgb(sample.image_path, r)
             h, w = sample.image_size or (image.shape[0] * r, image.shape[1] * r)
             check_landmarks(sample, (h, w))
+            mirror = sample.extra.get("mirror_source")
             if sample.landmarks_3d is not None:
                 lm3 = sample.landmarks_3d
+            elif mirror is not None:
+                lm3 = posed_landmarks(lm_model, mirror["pose_para"], mirror["shape_para"], mirror["exp_para"], h,
+                                      mirror["width"])
             elif sample.pose_para is not None and sample.shape_para is not None:
-                lm3 = posed_landmarks(lm_model, sample.pose_para, sample.shape_para, sample.exp_para, h,
-                                      sample.extra.get("mirror_width"))
+                lm3 = posed_landmarks(lm_model, sample.pose_para, sample.shape_para, sample.exp_para, h)
             else:
                 raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
             k = len(rows)
@@ -324,6 +363,7 @@ def run_fit(req: BuildRequest, echo=print) -> dict:
     cfg, reader, count_problems, splits, model = _checked_plan(req, echo)
     lm_model = model.landmark_model()
     with BuildLock(layout):
+        layout.fit_summary.unlink(missing_ok=True)
         _record_plan(layout, splits, lm_model)
         _, summary = run_fit_stage(layout, reader, lm_model, cfg, splits, int(cfg["shards"]["size"]), req)
         atomic.write_json(layout.fit_summary, summary)

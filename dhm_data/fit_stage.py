@@ -10,6 +10,7 @@ then takes pose / identity / expression from it and flags each sample as
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,14 @@ def load_landmarks_3d(path) -> dict:
     closer, any offset).  Returns ``{name: (68, 3)}``."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path}: expected an .npz with 'names' (N,) and 'landmarks_3d' (N, 68, 3), "
+                               f"found a single array of shape {np.shape(z)}")
+        with z:
             names, l3 = z["names"], z["landmarks_3d"]
+    except DatasetError:
+        raise
     except KeyError as e:
         raise DatasetError(f"{path}: key {e} is missing (expected 'names' (N,) and 'landmarks_3d' (N, 68, 3))") from e
     except (OSError, ValueError) as e:
@@ -46,8 +53,8 @@ def fit_units(layout, reader, lm_model, cfg, splits, shard_size, landmarks_3d: d
             out = layout.fits(split, i)
             l3 = {it.name: landmarks_3d[it.name] for it in chunk if landmarks_3d and it.name in landmarks_3d}
             params = {"stage": "fit", "fit": fit_cfg, "model": _model_digest(lm_model), "version": __version__,
-                      "l3": sorted(l3)}
-            extra = [np.ascontiguousarray(l3[k]).tobytes().hex()[:64] for k in sorted(l3)]
+                      "reader": [cfg["build"]["reader"], cfg.get("reader", {})], "l3": sorted(l3)}
+            extra = [hashlib.sha256(np.ascontiguousarray(l3[k], np.float64).tobytes()).hexdigest() for k in sorted(l3)]
             fp = fingerprint(params, [p for it in chunk for p in it.paths], extra)
             units.append(Unit("fit", f"{split}/{layout.shard_name(i)}", fp, [out],
                               (reader, chunk, lm_model, fit_cfg, out, l3), n=len(chunk), meta={"key": (split, i)}))

@@ -17,7 +17,11 @@ import numpy as np
 
 from .datasets.base import DatasetError
 
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+#: Decode flags by reduction.  EXIF orientation is ignored: labels refer to the
+#: stored pixel grid, which is also what image_size() reads from the header.
+_REDUCED = {r: flag | cv2.IMREAD_IGNORE_ORIENTATION for r, flag in
+            {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}.items()}
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -79,3 +79,37 @@ def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
     run_build(req, echo=lambda m: None)
     assert np.load(tmp_path / "b" / "mean_dhm.npy").shape == (128, 128, 3)
     assert not list((tmp_path / "b").glob(".mean_dhm*"))
+
+
+def test_a_rebuild_with_fewer_shards_leaves_only_the_planned_ones(tmp_path, synthetic_tree):
+    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.loader import ShardDataset
+
+    root = synthetic_tree("aflw2000", 8)
+    out = tmp_path / "b"
+    run_build(BuildRequest("aflw2000", root, out, None, progress=False, overrides={"shards.size": 2}), echo=lambda m: None)
+    assert len(list((out / "test").glob("shard-*.h5"))) == 4
+    run_build(BuildRequest("aflw2000", root, out, None, progress=False), echo=lambda m: None)
+    assert [p.name for p in (out / "test").glob("shard-*.h5")] == ["shard-00000.h5"]
+    assert len(ShardDataset(out / "test")) == 8
+    assert sorted(p.name for p in (out / ".records" / "prepare" / "test").iterdir()) == ["shard-00000.json"]
+
+
+def test_changed_3d_estimates_refit(tmp_path, synthetic_tree):
+    import shutil
+
+    from dhm_data.build import BuildRequest, run_fit
+
+    root = synthetic_tree("ls3dw", 30)
+    z = np.load(root / "LS3D-W" / "synthetic_landmarks_3d.npz")
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, names=z["names"], landmarks_3d=z["landmarks_3d"])
+    l3 = z["landmarks_3d"].copy()
+    l3[:, 10:, 2] += 300.0                       # only depths far into each array change
+    np.savez(b, names=z["names"], landmarks_3d=l3)
+    out = tmp_path / "fit"
+    run_fit(BuildRequest("ls3dw", root, out, None, progress=False, landmarks_3d=a), echo=lambda m: None)
+    fits = sorted((out / "fits").rglob("shard-*.npz"))
+    before = [p.read_bytes() for p in fits]
+    run_fit(BuildRequest("ls3dw", root, out, None, progress=False, landmarks_3d=b), echo=lambda m: None)
+    assert [p.read_bytes() for p in fits] != before

@@ -170,3 +170,16 @@ def test_a_shard_whose_samples_are_all_rejected_reads_as_zero_rows(tmp_path, syn
     assert s["written"] == {"test": 6} and s["rejected"] == 2
     cols = read_columns(tmp_path / "out" / "test" / "shard-00000.h5")
     assert cols["image"].shape == (0, 224, 224, 3) and cols["name"].shape == (0,)
+
+
+def test_flip_samples_carry_their_own_labels(synthetic_tree, tmp_path):
+    from dhm_data import camera
+    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.shards import read_columns
+
+    root = synthetic_tree("300wlp", 20)
+    run_build(BuildRequest("300wlp", root, tmp_path / "b", None, progress=False), echo=lambda m: None)
+    for shard in sorted((tmp_path / "b").glob("*/shard-*.h5")):
+        c = read_columns(shard, ["flipped", "pose_para", "yaw", "name"])
+        np.testing.assert_allclose(c["yaw"], camera.yaw_degrees(c["pose_para"].astype(np.float64)), atol=1e-3)
+        assert c["flipped"].any() or not any("Flip" in n for n in c["name"])

@@ -103,8 +103,14 @@ def verify(out):
     layout = BuildLayout(out)
     if not layout.summary.exists():
         raise click.ClickException(f"{out}: no build.json; the build did not finish (rerun it) or this is not a build folder")
+    from ..runner import plan_status
+
     summary = json.loads(layout.summary.read_text())
     problems, counts = [], {}
+    for stage, st in plan_status(layout).items():
+        if st["left"]:
+            problems.append(f"stage {stage}: {len(st['left'])} units not done or changed since their record "
+                            f"({', '.join(st['left'][:3])}); rerun the build")
     for name in summary["shards"]:
         split, shard = name.split("/")
         path = layout.split_dir(split) / f"{shard}.h5"

@@ -20,12 +20,12 @@ Mirrored copies (``*_Flip``): labels are read for the mirrored image (from
 ``landmarks/<SUBSET>_Flip/`` when that folder exists, else the original's
 landmarks file mirrored, ``x -> W - 1 - x``), then re-ordered with the
 68-point mirror permutation so that every index keeps its iBUG meaning in
-image terms (point 0 is always the jaw end on the image's left).  The 3DMM
-parameters of a mirrored sample are the original photo's (read from the
-sibling non-flipped ``.mat``) with ``mirror_width`` set, so the 3D landmarks
-are reconstructed from them and mirrored the same way; where the sibling is
-absent the ``_Flip`` file's own parameters are used.  (So a ``_Flip`` sample's
-own ``.mat`` is only read when its ``pt2d`` or parameters are used.)
+image terms (point 0 is always the jaw end on the image's left).  The 3D
+landmarks of a mirrored sample are reconstructed from the original photo's
+3DMM parameters (read from the sibling non-flipped ``.mat``,
+``extra["mirror_source"]``) and mirrored the same way; where the sibling is
+absent, from the ``_Flip`` file's own parameters.  The parameters and yaw a
+sample *carries* are always its own file's labels.
 """
 
 from __future__ import annotations
@@ -138,18 +138,18 @@ class Reader(DatasetReader):
         if item.flipped:
             pts = pts[mirror_permutation()]
 
+        def params(m, path):
+            return (field(m, path, "Pose_Para", (1, 7)).ravel(), field(m, path, "Shape_Para", (199, 1)).ravel(),
+                    field(m, path, "Exp_Para", (29, 1)).ravel())
+
+        # The labels stored for the sample are its own file's; a mirrored
+        # sample's 3D landmarks come from its original photo's labels, mirrored.
+        pose, shape, exp = params(mat(), mat_path)
+        extra = {"yaw_deg": float(camera.yaw_degrees(pose)), "k": k}
         sibling = self.root / base / f"{stem}.mat"
         if item.flipped and sibling.is_file():
-            params_mat, params_path, mirror_width = load_mat(sibling), sibling, w
-        else:
-            params_mat, params_path, mirror_width = mat(), mat_path, None
-        pose = field(params_mat, params_path, "Pose_Para", (1, 7)).ravel()
-        shape = field(params_mat, params_path, "Shape_Para", (199, 1)).ravel()
-        exp = field(params_mat, params_path, "Exp_Para", (29, 1)).ravel()
-        if mirror_width is None and item.flipped:
-            yaw = camera.yaw_degrees(pose)
-        else:
-            yaw = -camera.yaw_degrees(pose) if item.flipped else camera.yaw_degrees(pose)
+            o_pose, o_shape, o_exp = params(load_mat(sibling), sibling)
+            extra["mirror_source"] = {"pose_para": o_pose, "shape_para": o_shape, "exp_para": o_exp, "width": w}
         return Sample(
             name=item.name,
             subset=item.subset,
@@ -162,5 +162,5 @@ class Reader(DatasetReader):
             flipped=item.flipped,
             source_id=item.source_id,
             landmark_source=source,
-            extra={"mirror_width": mirror_width, "yaw_deg": float(yaw), "k": k},
+            extra=extra,
         )
