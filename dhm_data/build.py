@@ -78,11 +78,11 @@ def plan(req: BuildRequest):
     items = reader.items()
     if not items:
         raise DatasetError(f"{reader.root}: no samples found. {reader.how_to_get}")
-    if req.limit:
+    if req.limit is not None:
         items = items[: req.limit]
     manifest = load_manifest(reader.name)
     marker = reader.synthetic_marker()
-    count_problems = [] if req.limit else check_counts(items, manifest, marker)
+    count_problems = [] if req.limit is not None else check_counts(items, manifest, marker)
     splits = assign_split(items, cfg["build"]["split"], manifest)
     return cfg, reader, items, manifest, count_problems, splits
 
@@ -174,6 +174,12 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
     file}, summary of the fits)."""
     from .fit_stage import fit_shard, fit_units, load_landmarks_3d
 
+    from .fitting import FitConfig
+
+    unknown = sorted(set(cfg.get("fit", {})) - set(FitConfig.__dataclass_fields__))
+    if unknown:
+        raise BuildError(f"{cfg['origin']}: [fit] options {unknown} are not fitting options "
+                         f"(known: {', '.join(FitConfig.__dataclass_fields__)})")
     l3 = load_landmarks_3d(req.landmarks_3d) if req.landmarks_3d else None
     units = fit_units(layout, reader, lm_model, cfg, splits, shard_size, l3)
     res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm",

@@ -15,6 +15,10 @@ from collections import Counter, OrderedDict
 from .datasets.base import Item
 
 
+#: the split rules :func:`assign_split` knows
+SPLIT_RULES = ("test", "all", "train", "val", "300wlp-seed-paper")
+
+
 def load_manifest(dataset: str) -> dict:
     res = importlib.resources.files("dhm_data.manifests") / f"{dataset}.json"
     if not res.is_file():

@@ -24,6 +24,13 @@ REQUIRED = {
     "shards": ("size",),
 }
 KNOWN_STAGES = ("fit", "prepare")
+#: keys each section may hold ([reader] is checked by the reader, [fit] by the fit stage)
+ALLOWED = {
+    "build": ("reader", "description", "stages", "split"),
+    "crop": ("size", "margin"),
+    "dhm": ("sigma",),
+    "shards": ("size", "dhm_storage"),
+}
 
 
 class PipelineError(ValueError):
@@ -62,6 +69,19 @@ def load_pipeline(name_or_path: str, overrides: dict | None = None) -> dict:
             continue
         section, key = dotted.split(".", 1)
         cfg.setdefault(section, {})[key] = value
+    from .expected import SPLIT_RULES
+
+    for section, keys in ALLOWED.items():
+        unknown = sorted(set(cfg.get(section, {})) - set(keys))
+        if unknown:
+            raise PipelineError(f"{origin}: [{section}] has unknown keys {unknown}; allowed: {', '.join(keys)}")
+    unknown = sorted(set(cfg) - set(ALLOWED) - {"reader", "fit"})
+    if unknown:
+        raise PipelineError(f"{origin}: unknown sections {unknown}; known: {', '.join(list(ALLOWED) + ['reader', 'fit'])}")
+    if cfg["build"]["split"] not in SPLIT_RULES:
+        raise PipelineError(f"{origin}: [build] split {cfg['build']['split']!r} is not a split rule; known: {', '.join(SPLIT_RULES)}")
+    if cfg["shards"].get("dhm_storage", "u8q-lz4") not in ("u8q-lz4", "u8q-raw"):
+        raise PipelineError(f"{origin}: [shards] dhm_storage must be u8q-lz4 or u8q-raw, found {cfg['shards']['dhm_storage']!r}")
     bad = [s for s in cfg["build"]["stages"] if s not in KNOWN_STAGES]
     if bad:
         raise PipelineError(f"{origin}: unknown stages {bad}; known: {', '.join(KNOWN_STAGES)}")

@@ -33,6 +33,10 @@ from . import atomic
 from .layout import BuildLayout
 
 
+class BackendError(RuntimeError):
+    """A parallel backend cannot be used (not installed, cluster unreachable)."""
+
+
 class BuildLockedError(RuntimeError):
     """Another build holds the build directory's lock."""
 
@@ -283,9 +287,13 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError as e:
-            raise RuntimeError("--backend dask needs dask.distributed: pip install 'dhm-data[dask]'") from e
+            raise BackendError("--backend dask needs dask.distributed: pip install 'dhm-data[dask]'") from e
         if scheduler:
-            with Client(scheduler) as client:
+            try:
+                client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as e:
+                raise BackendError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({e})") from e
+            with client:
                 yield client
         else:
             with LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
@@ -296,7 +304,7 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
             import ray
             from ray.util.joblib import register_ray
         except ImportError as e:
-            raise RuntimeError("--backend ray needs ray: pip install 'ray[default]'") from e
+            raise BackendError("--backend ray needs ray: pip install 'ray[default]'") from e
         register_ray()
         started = not ray.is_initialized()
         if started:

@@ -108,3 +108,27 @@ def test_dhm_storage_option_changes_storage_not_values(tmp_path, synthetic_tree)
     raw = (tmp_path / "u8q-raw" / "test" / "shard-00000.h5").stat().st_size
     lz4 = (tmp_path / "u8q-lz4" / "test" / "shard-00000.h5").stat().st_size
     assert raw > lz4 + 8 * 100_000  # the uncompressed DHMs take their full 150 KB each
+
+
+def test_user_mistakes_are_clean_errors(tmp_path, synthetic_tree):
+    root = synthetic_tree("aflw2000", 8)
+    run = CliRunner().invoke
+
+    def fails(args, text):
+        r = run(main, args)
+        assert r.exit_code != 0, r.output
+        assert text in r.output, r.output
+        assert "Traceback" not in r.output
+
+    fails(["build", "aflw2000", "--root", str(root), "--jobs", "0"], "--jobs")
+    fails(["build", "aflw2000", "--root", str(root), "--limit", "0"], "--limit")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[build]\nreader = "aflw2000"\nstages = ["prepare"]\nsplit = "random"\n'
+                   '[crop]\nsize = 224\nmargin = 0.3\n[dhm]\nsigma = 1.0\n[shards]\nsize = 10\n')
+    fails(["build", str(bad), "--root", str(root), "--out", str(tmp_path / "o")], "split 'random' is not a split rule")
+    bad.write_text(bad.read_text().replace('"random"', '"test"') + 'compression = "gzip"\n')
+    fails(["build", str(bad), "--root", str(root), "--out", str(tmp_path / "o")], "[shards] has unknown keys ['compression']")
+    bad.write_text(bad.read_text().replace('compression = "gzip"\n', '') + '[reader]\nannotaton = "original"\n')
+    fails(["build", str(bad), "--root", str(root), "--out", str(tmp_path / "o")], "unknown reader options ['annotaton']")
+    fails(["build", "aflw2000", "--root", str(root), "--out", str(tmp_path / "o2"), "--backend", "ray"], "needs ray")
+    fails(["show", str(tmp_path), "-o", str(tmp_path / "x.png")], "no shards")

@@ -22,7 +22,7 @@ def _fail(e: Exception):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Build folder [default: out/NAME].")
 @click.option("--bfm", type=click.Path(path_type=Path), default=None,
               help="Morphable model file or folder (format detected). Required for real data; synthetic trees bring their own.")
-@click.option("--jobs", "-j", type=int, default=1, help="Worker processes (joblib), shards run in parallel.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, help="Worker processes (joblib), shards run in parallel.")
 @click.option("--backend", default="loky", type=click.Choice(["loky", "multiprocessing", "dask", "ray"]),
               help="joblib backend: loky = local processes; dask / ray = a cluster (build folder on a shared filesystem).")
 @click.option("--scheduler", default=None,
@@ -37,7 +37,8 @@ def _fail(e: Exception):
 @click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="3D landmark estimates for the fit stage (.npz: names, landmarks_3d (N, 68, 3)); "
                    "default: those of an earlier `dhm-data fit-bfm` into the same --out.")
-@click.option("--limit", type=int, default=None, help="Only the first N samples (a quick trial; skips the count check).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N samples (a quick trial; skips the count check).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size, margin, sigma, shard_size, dhm_storage,
           landmarks_3d, limit, quiet):
@@ -50,7 +51,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
     """
     from ..build import BuildError, BuildRequest, run_build
     from ..model_io import ModelFileError
-    from ..runner import BuildLockedError, UnitError
+    from ..runner import BackendError, BuildLockedError, UnitError
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size,
                  "shards.dhm_storage": dhm_storage}
@@ -59,7 +60,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
                        landmarks_3d=landmarks_3d, scheduler=scheduler)
     try:
         summary = run_build(req, echo=lambda m: click.echo(m, err=True))
-    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError) as e:
+    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError, BackendError) as e:
         _fail(e)
     written = ", ".join(f"{k}: {v}" for k, v in summary["written"].items())
     click.echo(f"built {summary['dataset']} into {out}: {written}; rejected {summary['rejected']}")

@@ -11,7 +11,7 @@ import click
 @click.command(context_settings={"show_default": True})
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo"), help="Folder for everything the demo writes.")
 @click.option("-n", type=int, default=48, help="Samples per synthetic dataset (300W-LP: plus as many mirrors).")
-@click.option("--jobs", "-j", type=int, default=2, help="Worker processes for the builds.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=2, help="Worker processes for the builds.")
 @click.option("--seed", type=int, default=0, help="Seed of the synthetic data.")
 @click.option("--fresh", is_flag=True, help="Delete OUT first (otherwise a rerun resumes and skips finished work).")
 def demo(out, n, jobs, seed, fresh):

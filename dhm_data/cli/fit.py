@@ -105,10 +105,12 @@ def _fingerprint(*arrays, params=None) -> str:
 @click.option("--tolerance", type=float, default=None, help="Relative cost change that counts as converged [default: 0.02].")
 @click.option("--max-residual", type=float, default=None, help="Flag fits whose NME is above this [default: 0.05].")
 @click.option("--jaw", type=click.Choice(["silhouette", "fixed"]), default=None,
-              help="Jaw labels follow the silhouette (marching / down-weighting) or fixed 3D vertices [default: silhouette].")
+              help="Jaw labels follow the silhouette (marching / down-weighting) or fixed 3D vertices "
+                   "[default: the pipeline's [fit] jaw in DATASET mode (ls3dw: fixed), else silhouette]. DATASET mode fits "
+                   "the 68-row landmark model, which has no contour lines: silhouette there means the down-weighting fallback.")
 @click.option("--method", type=click.Choice(["gauss-newton", "alternating"]), default=None,
               help="Joint Gauss-Newton or eos-style alternation [default: gauss-newton].")
-@click.option("--jobs", "-j", type=int, default=1, help="DATASET mode: worker processes, one shard each.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, help="DATASET mode: worker processes, one shard each.")
 @click.option("--backend", default="loky", help="DATASET mode: joblib backend.")
 @click.option("--force", is_flag=True, help="--landmarks mode: refit even if OUT holds a fit of the same input.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -182,7 +184,7 @@ def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iter
     from ..datasets import DatasetError
     from ..model_io import ModelFileError
     from ..pipeline import PipelineError
-    from ..runner import BuildLockedError, UnitError
+    from ..runner import BackendError, BuildLockedError, UnitError
 
     if root is None:
         raise click.UsageError("DATASET mode needs --root DIR (the raw dataset folder)")
@@ -193,7 +195,8 @@ def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iter
     req = BuildRequest(dataset, root, out, bfm, jobs, backend, False, overrides, not quiet, landmarks_3d=landmarks_3d)
     try:
         s = run_fit(req, echo=echo)
-    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError, ValueError) as e:
+    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError, BackendError,
+            ValueError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"fitted {s['fitted']} samples of {dataset} into {Path(out) / 'fits'}: {s['converged']} converged, "
                f"{s['flagged']} flagged (list: {s['flagged_list']}), {s['unreadable']} unreadable")

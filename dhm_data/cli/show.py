@@ -17,6 +17,17 @@ import click
 @click.option("--bfm", type=click.Path(path_type=Path), default=None, help="Full model for --mesh.")
 def show(out, index, split, output, mesh, bfm):
     """Draw sample INDEX of the build OUT: the crop with its landmarks, the DHM beside it."""
+    from ..mesh import MeshError
+    from ..model_io import ModelFileError
+    from ..shards import ShardError
+
+    try:
+        _show(out, index, split, output, mesh, bfm)
+    except (ShardError, ModelFileError, MeshError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _show(out, index, split, output, mesh, bfm):
     from ..layout import BuildLayout
     from ..loader import ShardDataset
     from ..visualize import sample_picture, save_png

@@ -30,6 +30,7 @@ class Reader(DatasetReader):
     name = "aflw2000"
     folder_name = "AFLW2000"
     expected_children = ("image*.mat", "image*.jpg")
+    option_names = ("annotation", "reannotated_dir")
     how_to_get = (
         "AFLW2000-3D is distributed by the 3DDFA authors (AFLW2000-3D.zip); unpack it so that "
         "AFLW2000/image00002.jpg and .mat exist, or run `dhm-data synth aflw2000` for synthetic data."

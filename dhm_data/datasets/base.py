@@ -127,7 +127,14 @@ class DatasetReader:
     expected_children: tuple = ()
     how_to_get = ""
 
+    #: the options this reader takes (a pipeline's [reader] table)
+    option_names: tuple = ()
+
     def __init__(self, root, **options):
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            raise DatasetError(f"{self.name}: unknown reader options {unknown}; "
+                               f"this reader takes {', '.join(self.option_names) or 'none'}")
         self.root = self.locate(root)
         self.options = options
 

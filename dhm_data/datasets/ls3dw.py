@@ -36,6 +36,7 @@ class Reader(DatasetReader):
     name = "ls3dw"
     folder_name = "LS3D-W"
     expected_children = ("300W-Testset-3D", "AFLW2000-3D-Reannotated", "Menpo-3D", "300VW-3D")
+    option_names = ("subsets",)
     how_to_get = (
         "LS3D-W is distributed by its authors (adrianbulat.com, LS3D-W.tar.gz); unpack it so that "
         "LS3D-W/Menpo-3D etc. exist, or run `dhm-data synth ls3dw` for synthetic data."

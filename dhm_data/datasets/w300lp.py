@@ -54,6 +54,7 @@ class Reader(DatasetReader):
     name = "300wlp"
     folder_name = "300W_LP"
     expected_children = SUBSETS + tuple(s + "_Flip" for s in SUBSETS)
+    option_names = ("landmarks",)
     how_to_get = (
         "300W-LP is distributed by the 3DDFA authors (Zhu et al., 'Face Alignment Across Large Poses'); "
         "unpack 300W-LP.zip so that 300W_LP/AFW, 300W_LP/HELEN, ... exist, or run `dhm-data synth 300wlp` for synthetic data."
