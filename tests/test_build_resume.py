@@ -96,7 +96,6 @@ def test_a_rebuild_with_fewer_shards_leaves_only_the_planned_ones(tmp_path, synt
 
 
 def test_changed_3d_estimates_refit(tmp_path, synthetic_tree):
-    import shutil
 
     from dhm_data.build import BuildRequest, run_fit
 
