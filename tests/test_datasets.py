@@ -183,3 +183,23 @@ def test_flip_samples_carry_their_own_labels(synthetic_tree, tmp_path):
         c = read_columns(shard, ["flipped", "pose_para", "yaw", "name"])
         np.testing.assert_allclose(c["yaw"], camera.yaw_degrees(c["pose_para"].astype(np.float64)), atol=1e-3)
         assert c["flipped"].any() or not any("Flip" in n for n in c["name"])
+
+
+def test_aflw2000_reannotated_labels_from_t7(aflw_copy):
+    from dhm_data.t7 import write_t7
+
+    reader = get_reader("aflw2000")(aflw_copy)
+    items = reader.items()
+    re_dir = aflw_copy.parent / "LS3D-W" / "AFLW2000-3D-Reannotated"
+    re_dir.mkdir(parents=True)
+    for it in items:
+        s = reader.load(it)
+        write_t7(re_dir / f"{it.name}.t7", (s.landmarks_2d + 0.5).astype(np.float32))
+    (re_dir / f"{items[1].name}.t7").write_bytes(b"\x04\x00\x00\x00garbage")
+    re_reader = get_reader("aflw2000")(aflw_copy, annotation="reannotated")
+    re_items = re_reader.items()
+    s = re_reader.load(re_items[0])
+    np.testing.assert_allclose(s.landmarks_2d, reader.load(items[0]).landmarks_2d + 0.5, atol=1e-4)
+    assert s.landmark_source == "LS3D-W re-annotation (t7)"
+    with pytest.raises(DatasetError, match=r"\.t7: cannot read as a Torch7 tensor"):
+        re_reader.load(re_items[1])

@@ -23,7 +23,8 @@ from pathlib import Path
 from .. import camera
 from ..imageio import image_size
 from .base import DatasetError, DatasetReader, Item, Sample, require_file
-from .matfile import field, load_mat
+from .matfile import field, labelled_parameters, load_mat
+from .t7file import read_landmarks_t7
 
 
 class Reader(DatasetReader):
@@ -74,17 +75,13 @@ class Reader(DatasetReader):
         require_file(image_path, "image file", f" (its labels {mat_path.name} exist)")
         mat = load_mat(mat_path)
         pt3d = camera.one_based_to_zero_based(field(mat, mat_path, "pt3d_68", (3, 68)).T)
-        pose = field(mat, mat_path, "Pose_Para", (1, 7)).ravel()
-        shape = field(mat, mat_path, "Shape_Para", (199, 1)).ravel()
-        exp = field(mat, mat_path, "Exp_Para", (29, 1)).ravel()
+        pose, shape, exp = labelled_parameters(mat, mat_path)
         pt2d_21 = field(mat, mat_path, "pt2d", (2, 21), finite=False)
         lm2d, source = pt3d[:, :2].copy(), "pt3d_68"
         if self.annotation == "reannotated":
-            from ..t7 import read_t7
-
             t7 = item.paths[2]
             require_file(t7, "re-annotated label file")
-            lm2d, source = _check_68x2(read_t7(t7), t7), "LS3D-W re-annotation (t7)"
+            lm2d, source = read_landmarks_t7(t7), "LS3D-W re-annotation (t7)"
         return Sample(
             name=item.name,
             subset=item.subset,
@@ -100,13 +97,3 @@ class Reader(DatasetReader):
             extra={"pt2d_21": pt2d_21, "yaw_deg": float(camera.yaw_degrees(pose))},
         )
 
-
-def _check_68x2(a, path):
-    import numpy as np
-
-    a = np.asarray(a, np.float64)
-    if a.shape != (68, 2):
-        raise DatasetError(f"{path}: landmark tensor has shape {a.shape}, expected (68, 2)")
-    if not np.all(np.isfinite(a)):
-        raise DatasetError(f"{path}: landmark tensor holds NaN/inf")
-    return a

@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..imageio import image_size
 from .base import DatasetError, DatasetReader, Item, Sample, require_file
+from .t7file import read_landmarks_t7
 
 SUBSETS = (
     "300W-Testset-3D",
@@ -66,21 +65,10 @@ class Reader(DatasetReader):
         return out
 
     def load(self, item: Item) -> Sample:
-        from ..t7 import read_t7
-
         image_path, t7_path = item.paths
         require_file(image_path, "image file", f" (its labels {t7_path.name} exist)")
         require_file(t7_path, "label file", f" for image {image_path.name}")
-        try:
-            lm = np.asarray(read_t7(t7_path), np.float64)
-        except DatasetError:
-            raise
-        except Exception as e:
-            raise DatasetError(f"{t7_path}: cannot read as a Torch7 tensor ({type(e).__name__}: {e})") from e
-        if lm.shape != (68, 2):
-            raise DatasetError(f"{t7_path}: landmark tensor has shape {lm.shape}, expected (68, 2)")
-        if not np.all(np.isfinite(lm)):
-            raise DatasetError(f"{t7_path}: landmark tensor holds {int(np.sum(~np.isfinite(lm)))} NaN/inf values")
+        lm = read_landmarks_t7(t7_path)
         return Sample(
             name=item.name,
             subset=item.subset,

@@ -46,3 +46,10 @@ def field(mat: dict, path: Path, key: str, shape: tuple, *, finite=True, allow_t
     if finite and not np.all(np.isfinite(a)):
         raise DatasetError(f"{path}: {key!r} holds {int(np.sum(~np.isfinite(a)))} NaN/inf values")
     return a
+
+
+def labelled_parameters(mat: dict, path: Path):
+    """The 3DMM labels of a 300W-LP / AFLW2000-3D ``.mat``: ``Pose_Para`` (7,),
+    ``Shape_Para`` (199,) and ``Exp_Para`` (29,), float64, checked."""
+    return (field(mat, path, "Pose_Para", (1, 7)).ravel(), field(mat, path, "Shape_Para", (199, 1)).ravel(),
+            field(mat, path, "Exp_Para", (29, 1)).ravel())

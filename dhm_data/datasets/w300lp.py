@@ -38,7 +38,7 @@ import numpy as np
 from .. import camera
 from ..imageio import image_size
 from .base import DatasetError, DatasetReader, Item, Sample, require_file
-from .matfile import field, load_mat
+from .matfile import field, labelled_parameters, load_mat
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
 _STEP = re.compile(r"^(?P<source>.+)_(?P<k>\d+)$")
@@ -139,17 +139,13 @@ class Reader(DatasetReader):
         if item.flipped:
             pts = pts[mirror_permutation()]
 
-        def params(m, path):
-            return (field(m, path, "Pose_Para", (1, 7)).ravel(), field(m, path, "Shape_Para", (199, 1)).ravel(),
-                    field(m, path, "Exp_Para", (29, 1)).ravel())
-
         # The labels stored for the sample are its own file's; a mirrored
         # sample's 3D landmarks come from its original photo's labels, mirrored.
-        pose, shape, exp = params(mat(), mat_path)
+        pose, shape, exp = labelled_parameters(mat(), mat_path)
         extra = {"yaw_deg": float(camera.yaw_degrees(pose)), "k": k}
         sibling = self.root / base / f"{stem}.mat"
         if item.flipped and sibling.is_file():
-            o_pose, o_shape, o_exp = params(load_mat(sibling), sibling)
+            o_pose, o_shape, o_exp = labelled_parameters(load_mat(sibling), sibling)
             extra["mirror_source"] = {"pose_para": o_pose, "shape_para": o_shape, "exp_para": o_exp, "width": w}
         return Sample(
             name=item.name,
