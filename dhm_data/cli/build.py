@@ -99,12 +99,12 @@ def status(out):
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def verify(out):
     """Check every shard of OUT: sample counts against build.json and checksums."""
+    from ..runner import plan_status
     from ..shards import ShardError, verify_shard
 
     layout = BuildLayout(out)
     if not layout.summary.exists():
         raise click.ClickException(f"{out}: no build.json; the build did not finish (rerun it) or this is not a build folder")
-    from ..runner import plan_status
 
     summary = json.loads(layout.summary.read_text())
     problems, counts = [], {}

@@ -126,6 +126,13 @@ class _Reader:
         return [(self.string(f"{what}[{i}].name"), self.matrix(f"{what}[{i}].deformation")) for i in range(n)]
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read ({e})") from e
+
+
 def read_model_bin(path: Path) -> dict:
     """Parse an eos ``MorphableModel`` file into plain numpy arrays.
 
@@ -137,10 +144,7 @@ def read_model_bin(path: Path) -> dict:
     ``(n, 2)`` float64, ``texture_triangles`` ``(m, 3)``.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ({e})") from e
+    data = _read_bytes(path)
     r = _Reader(data, path)
     version = r.u32("class version")
     if version not in KNOWN_VERSIONS:
@@ -174,10 +178,7 @@ def read_model_bin(path: Path) -> dict:
 def read_blendshapes_bin(path: Path) -> list:
     """eos ``load_blendshapes``: ``[(name, deformation (3V, 1)), ...]``."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ({e})") from e
+    data = _read_bytes(path)
     r = _Reader(data, path)
     shapes = r.blendshapes("blendshapes")
     if r.pos != len(data):
