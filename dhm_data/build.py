@@ -278,13 +278,12 @@ def prepare_shard(payload) -> dict:
 
     Returns metadata only: counts, rejections (name, path, reason), label sources.
     """
-    from .imageio import decode_rgb
-    from .crop import affine_for_reduced, choose_reduction, warp_crop
-    from .shards import write_shard
-
     import cv2
 
+    from .crop import affine_for_reduced, choose_reduction, warp_crop
+    from .imageio import decode_rgb
     from .schema import quantise
+    from .shards import write_shard
 
     cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
     reader, items, lm_model, config, out, attrs, fit_file = payload
@@ -305,11 +304,11 @@ def prepare_shard(payload) -> dict:
                 f = fits[item.name]
                 sample.pose_para, sample.shape_para, sample.exp_para = f["pose_para"], f["shape_para"], f["exp_para"]
                 label_source, residual, converged = "fitted", f["residual"], f["converged"]
+            h, w = sample.image_size  # every reader gives it from the header
+            check_landmarks(sample, (h, w))  # before the decode: a rejected sample costs no decode
             A = sample_affine(sample, config)
             r = choose_reduction(A)
             image = decode_rgb(sample.image_path, r)
-            h, w = sample.image_size or (image.shape[0] * r, image.shape[1] * r)
-            check_landmarks(sample, (h, w))
             mirror = sample.extra.get("mirror_source")
             if sample.landmarks_3d is not None:
                 lm3 = sample.landmarks_3d

@@ -70,7 +70,8 @@ class Sample:
         pose_para: ``(7,)`` float64 ``Pose_Para`` or None (LS3D-W).
         shape_para: identity coefficients ``(K,)`` or None.
         exp_para: expression coefficients ``(E,)`` or None.
-        image_size: (height, width) when the reader knows it without decoding.
+        image_size: (height, width) of the source image, read from its header
+            (every reader sets it; the build checks landmarks before decoding).
         flipped: True for mirrored copies (300W-LP ``*_Flip``).
         source_id: the original photo this sample derives from (all pose
             augmentations and mirrors share it); used for leak-free splits.
