@@ -84,6 +84,13 @@ class Field:
         return self.storage == TEXT
 
     @property
+    def digest_over_crc(self) -> bool:
+        """True for the per-sample pixel fields (``raw`` / ``u8q-*``): the
+        field's sha256 is taken over its per-sample CRC32 column, not over its
+        bytes again (see :mod:`dhm_data.shards`)."""
+        return self.storage in (RAW, U8Q_LZ4, U8Q_RAW)
+
+    @property
     def quantised(self) -> bool:
         return self.storage in (U8Q_LZ4, U8Q_RAW)
 

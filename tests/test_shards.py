@@ -222,9 +222,34 @@ def test_verify_ok(shard):
     with h5py.File(path, "r") as h:
         assert rep["checksums"] == json.loads(h.attrs["checksums"])
         assert rep["checksums"]["image"] == h["image"].attrs["sha256"]
+        assert h["image"].attrs["sha256_of"] == "crc32" and h["landmarks_2d"].attrs["sha256_of"] == "bytes"
+    import hashlib
+    import zlib
+
+    # Pixel fields: sha256 over the little-endian CRC32 column; small fields: over their bytes.
+    crcs = np.array([zlib.crc32(im.tobytes()) for im in cols["image"]], "<u4")
+    assert rep["checksums"]["image"] == hashlib.sha256(crcs.tobytes()).hexdigest()
+    assert rep["checksums"]["landmarks_2d"] == hashlib.sha256(cols["landmarks_2d"].astype(np.float32).tobytes()).hexdigest()
+
+
+def test_verify_accepts_byte_digests_of_pixel_fields(shard):
+    """A shard whose image sha256 covers the bytes (``sha256_of`` absent, the
+    first layout) still verifies, and a wrong such digest is still caught."""
     import hashlib
 
-    assert rep["checksums"]["image"] == hashlib.sha256(cols["image"].tobytes()).hexdigest()
+    path, cols = shard
+    with h5py.File(path, "r+") as h:
+        sha = hashlib.sha256(cols["image"].tobytes()).hexdigest()
+        del h["image"].attrs["sha256_of"]
+        h["image"].attrs["sha256"] = sha
+        checks = json.loads(h.attrs["checksums"])
+        checks["image"] = sha
+        h.attrs["checksums"] = json.dumps(checks)
+    assert verify_shard(path)["checksums"]["image"] == sha
+    with h5py.File(path, "r+") as h:
+        h["image"].attrs["sha256"] = "0" * 64
+    with pytest.raises(ShardCorruptError, match="'image'"):
+        verify_shard(path)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999])
