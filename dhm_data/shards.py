@@ -189,7 +189,6 @@ def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: d
     and ``os.replace``d into place; on any error no final file is created and
     the temporary one is removed.
     """
-    from . import __version__
     from .atomic import atomic_path
 
     final_path = Path(final_path)
@@ -209,13 +208,7 @@ def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: d
         n = 0
     if "n_samples" in attrs and int(attrs["n_samples"]) != n:
         raise ShardSchemaError(f"{final_path}: attribute n_samples = {attrs['n_samples']} but the columns hold {n} samples")
-    kinds = {f.name: f.storage for f in FIELDS}
-    for name, kind in (storage or {}).items():
-        f = schema.field(name)
-        allowed = schema.ALTERNATIVE_STORAGE.get(f.storage, (f.storage,))
-        if kind not in allowed:
-            raise ShardSchemaError(f"{final_path}: field {name!r}: storage {kind!r} is not one of {allowed}")
-        kinds[name] = kind
+    kinds = _storage_kinds(final_path, storage)
     dims: dict = {}
     if "dims" in attrs:
         given = parse_json_attr(attrs.pop("dims"))
@@ -231,41 +224,214 @@ def write_shard(final_path, columns: dict, attrs: dict | None = None, storage: d
         digests = {}
         with h5py.File(tmp, "w", track_order=True) as h:
             if stored:
-                crc_group = h.create_group(schema.CRC_GROUP)
+                h.create_group(schema.CRC_GROUP)
             for f in FIELDS:
                 if f.name not in stored:
                     continue
                 data = stored[f.name]
                 sha, crcs = field_digest(f, data)
                 digests[f.name] = sha
-                kind = kinds[f.name]
-                if kind == TEXT:
-                    ds = h.create_dataset(f.name, data=np.array(data, dtype=object), dtype=h5py.string_dtype("utf-8"),
-                                          track_times=False)
-                elif kind == U8Q_LZ4:
-                    import hdf5plugin
-
-                    ds = h.create_dataset(f.name, data=data, chunks=(1,) + data.shape[1:], track_times=False,
-                                          **hdf5plugin.Blosc(**schema.BLOSC_LZ4))
-                    ds.attrs["scale"] = 1.0 / schema.QUANT_LEVELS
-                else:  # RAW, U8Q_RAW, SMALL: contiguous, unfiltered
-                    ds = h.create_dataset(f.name, data=data, track_times=False)
-                    if f.quantised:
-                        ds.attrs["scale"] = 1.0 / schema.QUANT_LEVELS
-                ds.attrs["storage"] = kind
-                ds.attrs["description"] = f.description
-                ds.attrs["sha256"] = sha
-                ds.attrs["sha256_of"] = "crc32" if f.digest_over_crc else "bytes"
-                crc_group.create_dataset(f.name, data=crcs, track_times=False)
-            for k, v in attrs.items():
-                h.attrs[k] = _attr_value(v)
-            h.attrs["schema_version"] = SCHEMA_VERSION
-            h.attrs.setdefault("package_version", __version__)
-            h.attrs["n_samples"] = n
-            h.attrs["checksums"] = json.dumps(digests, sort_keys=True)
-            h.attrs["dims"] = json.dumps(dims, sort_keys=True)
+                _create_field(h, f, kinds[f.name], data=data)
+                _seal_field(h, f, sha, crcs)
+            _write_file_attrs(h, attrs, n, digests, dims)
     _fsync_dir(final_path.parent)
     return final_path
+
+
+def _storage_kinds(final_path: Path, storage: dict | None) -> dict:
+    """Field name -> storage kind: the schema's default unless ``storage``
+    chooses an allowed alternative."""
+    kinds = {f.name: f.storage for f in FIELDS}
+    for name, kind in (storage or {}).items():
+        f = schema.field(name)
+        allowed = schema.ALTERNATIVE_STORAGE.get(f.storage, (f.storage,))
+        if kind not in allowed:
+            raise ShardSchemaError(f"{final_path}: field {name!r}: storage {kind!r} is not one of {allowed}")
+        kinds[name] = kind
+    return kinds
+
+
+def _create_field(h, f: schema.Field, kind: str, data=None, shape=None):
+    """Create the dataset of field ``f`` with ``data``, or empty with ``shape``
+    (pixel fields filled later in blocks)."""
+    h5py = _h5py()
+    if kind == TEXT:
+        ds = h.create_dataset(f.name, data=np.array(data, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                              track_times=False)
+    elif kind == U8Q_LZ4:
+        import hdf5plugin
+
+        shp = data.shape if data is not None else shape
+        ds = h.create_dataset(f.name, shape=shp, dtype=np.uint8, data=data, chunks=(1,) + tuple(shp[1:]),
+                              track_times=False, **hdf5plugin.Blosc(**schema.BLOSC_LZ4))
+    else:  # RAW, U8Q_RAW, SMALL: contiguous, unfiltered
+        if data is not None:
+            ds = h.create_dataset(f.name, data=data, track_times=False)
+        else:
+            ds = h.create_dataset(f.name, shape=shape, dtype=f.stored_dtype, track_times=False)
+    if f.quantised:
+        ds.attrs["scale"] = 1.0 / schema.QUANT_LEVELS
+    ds.attrs["storage"] = kind
+    ds.attrs["description"] = f.description
+    return ds
+
+
+def _seal_field(h, f: schema.Field, sha: str, crcs: np.ndarray) -> None:
+    """Record a written field's digest (and what it covers) and its CRC32s."""
+    ds = h[f.name]
+    ds.attrs["sha256"] = sha
+    ds.attrs["sha256_of"] = "crc32" if f.digest_over_crc else "bytes"
+    h[schema.CRC_GROUP].create_dataset(f.name, data=crcs, track_times=False)
+
+
+def _write_file_attrs(h, attrs: dict, n: int, digests: dict, dims: dict) -> None:
+    from . import __version__
+
+    for k, v in attrs.items():
+        h.attrs[k] = _attr_value(v)
+    h.attrs["schema_version"] = SCHEMA_VERSION
+    h.attrs.setdefault("package_version", __version__)
+    h.attrs["n_samples"] = n
+    h.attrs["checksums"] = json.dumps(digests, sort_keys=True)
+    h.attrs["dims"] = json.dumps(dims, sort_keys=True)
+
+
+#: The per-sample pixel fields a :class:`ShardWriter` takes in blocks.
+PIXEL_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.digest_over_crc)
+
+
+class ShardWriter:
+    """Write one shard with its pixel fields (:data:`PIXEL_FIELDS`: image, DHM)
+    streamed in blocks of samples, so a build never holds a whole shard of
+    pixels in memory (and reuses one warm block buffer: first-touching 300 KB
+    of fresh memory per sample cost more than cropping it).
+
+    ``n_max``: the most samples the shard will hold; ``size``: the crop side
+    S.  :meth:`append` ``(b, S, S, 3)`` uint8 blocks (the DHM already
+    :func:`~dhm_data.schema.quantise`-d), then :meth:`finish` with the other
+    fields' columns for the rows appended (fewer than ``n_max`` is allowed:
+    the shard is then rewritten at its true size).  Written under
+    ``.<name>.tmp-<pid>`` and renamed by :meth:`finish`; leaving the ``with``
+    block without :meth:`finish` (an exception, Ctrl-C) deletes it.
+    """
+
+    def __init__(self, final_path, n_max: int, size: int, storage: dict | None = None):
+        from .atomic import temporary_path
+
+        self.final_path = Path(final_path)
+        self.kinds = _storage_kinds(self.final_path, storage)
+        self.storage = dict(storage or {})
+        self.n_max, self.size, self.rows = int(n_max), int(size), 0
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temporary_path(self.final_path)
+        self._crcs = {name: np.zeros(self.n_max, np.uint32) for name in PIXEL_FIELDS}
+        self._h = _h5py().File(self.tmp, "w", track_order=True)
+        try:
+            for name in PIXEL_FIELDS:
+                _create_field(self._h, FIELD_BY_NAME[name], self.kinds[name], shape=(self.n_max, size, size, 3))
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._h is not None:  # finish() was not reached
+            self.abort()
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (no final file is created)."""
+        if self._h is not None:
+            try:
+                self._h.close()
+            finally:
+                self._h = None
+        self.tmp.unlink(missing_ok=True)
+
+    def append(self, **blocks: np.ndarray) -> None:
+        """Append ``b`` samples: one ``(b, S, S, 3)`` uint8 block per pixel field."""
+        if set(blocks) != set(PIXEL_FIELDS):
+            raise ShardSchemaError(f"{self.final_path}: append takes exactly {', '.join(PIXEL_FIELDS)}; "
+                                   f"found {', '.join(sorted(blocks))}")
+        b = len(blocks[PIXEL_FIELDS[0]])
+        if self.rows + b > self.n_max:
+            raise ShardSchemaError(f"{self.final_path}: appending {b} samples to {self.rows} exceeds the "
+                                   f"{self.n_max} the writer was opened for")
+        want = (b, self.size, self.size, 3)
+        for name, block in blocks.items():
+            if block.dtype != np.uint8 or block.shape != want:
+                raise ShardSchemaError(f"{self.final_path}: field {name!r}: expected a {want} uint8 block, "
+                                       f"found {block.shape} {block.dtype}")
+        for name, block in blocks.items():
+            block = np.ascontiguousarray(block)
+            self._h[name][self.rows:self.rows + b] = block
+            crcs = self._crcs[name]
+            for j in range(b):
+                crcs[self.rows + j] = zlib.crc32(block[j])
+        self.rows += b
+
+    def finish(self, columns: dict, attrs: dict | None = None) -> Path:
+        """Write the non-pixel ``columns`` (one row per appended sample) and
+        the file attributes, fsync and rename into place; returns the path."""
+        attrs = dict(attrs or {})
+        columns = dict(columns)
+        if set(columns) & set(PIXEL_FIELDS):
+            raise ShardSchemaError(f"{self.final_path}: pixel fields are appended, not given to finish()")
+        n = self.rows
+        if self.rows < self.n_max:
+            return self._finish_smaller(columns, attrs)
+        if "n_samples" in attrs and int(attrs.pop("n_samples")) != n:
+            self.abort()
+            raise ShardSchemaError(f"{self.final_path}: attribute n_samples disagrees with the {n} samples appended")
+        try:
+            expected = [f.name for f in FIELDS if f.name not in PIXEL_FIELDS]
+            unknown = sorted(set(columns) - set(expected))
+            missing = [name for name in expected if name not in columns]
+            if unknown or missing:
+                raise ShardSchemaError(f"{self.final_path}: finish() needs exactly the fields {expected}; "
+                                       f"missing {missing}, unknown {unknown}")
+            dims = {"S": self.size}
+            stored = {name: _encode(FIELD_BY_NAME[name], columns[name], n, dims, self.final_path) for name in expected}
+            h = self._h
+            h.create_group(schema.CRC_GROUP)
+            digests = {}
+            for name in PIXEL_FIELDS:
+                f = FIELD_BY_NAME[name]
+                crcs = self._crcs[name][:n]
+                digests[name] = hashlib.sha256(crcs.astype("<u4").tobytes()).hexdigest()
+                _seal_field(h, f, digests[name], crcs)
+            for f in FIELDS:
+                if f.name in stored:
+                    sha, crcs = field_digest(f, stored[f.name])
+                    digests[f.name] = sha
+                    _create_field(h, f, self.kinds[f.name], data=stored[f.name])
+                    _seal_field(h, f, sha, crcs)
+            _write_file_attrs(h, attrs, n, {k: digests[k] for k in schema.FIELD_NAMES}, dims)
+            h.close()
+            self._h = None
+            with open(self.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.final_path)
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.final_path.parent)
+        return self.final_path
+
+    def _finish_smaller(self, columns: dict, attrs: dict) -> Path:
+        """Fewer samples than opened for (some were rejected after the file
+        was sized): HDF5 cannot shrink a contiguous dataset, so the shard is
+        rewritten at its true size through :func:`write_shard`."""
+        n = self.rows
+        try:
+            pixels = {name: self._h[name][:n] for name in PIXEL_FIELDS}
+        finally:
+            self.abort()
+        if n == 0:
+            attrs = dict(attrs, dims={"S": self.size})
+            return write_shard(self.final_path, {}, attrs, storage=self.storage)
+        return write_shard(self.final_path, {**columns, **pixels}, attrs, storage=self.storage)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -340,3 +340,72 @@ def test_not_a_shard(tmp_path):
     with pytest.raises(ShardCorruptError, match="missing"):
         verify_shard(tmp_path / "nope.h5")
     assert not os.path.exists(tmp_path / "nope.h5")
+
+
+# ------------------------------------------------------------------ streaming writer
+@pytest.mark.parametrize("dhm_storage", ["u8q-lz4", "u8q-raw"])
+def test_streamed_shard_equals_the_one_shot_shard(tmp_path, dhm_storage):
+    """Pixel fields appended in uneven blocks give the same datasets, digests
+    and CRCs as write_shard given every column at once."""
+    from dhm_data.shards import ShardWriter
+
+    cols = make_columns(11, seed=4)
+    cols["dhm"] = schema.quantise(cols["dhm"])
+    storage = {"dhm": dhm_storage}
+    one = write_shard(tmp_path / "one.h5", cols, ATTRS, storage=storage)
+    rest = {k: v for k, v in cols.items() if k not in ("image", "dhm")}
+    with ShardWriter(tmp_path / "two.h5", 11, 24, storage=storage) as w:
+        for a, b in ((0, 4), (4, 5), (5, 11)):
+            w.append(image=cols["image"][a:b], dhm=cols["dhm"][a:b])
+        assert not (tmp_path / "two.h5").exists()  # nothing final before finish()
+        two = w.finish(rest, ATTRS)
+    assert verify_shard(two)["checksums"] == verify_shard(one)["checksums"]
+    a, b = read_columns(one), read_columns(two)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with h5py.File(one) as h1, h5py.File(two) as h2:
+        for k in ("image", "dhm"):
+            assert h1[k].chunks == h2[k].chunks and h1[k].compression == h2[k].compression
+            assert dict(h1[k].attrs) == dict(h2[k].attrs)
+            np.testing.assert_array_equal(h1["_crc32"][k][()], h2["_crc32"][k][()])
+        assert h2.attrs["n_samples"] == 11 and json.loads(h2.attrs["dims"]) == json.loads(h1.attrs["dims"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "two.h5"]
+
+
+def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
+    from dhm_data.shards import ShardWriter
+
+    cols = make_columns(6, seed=2)
+    cols["dhm"] = schema.quantise(cols["dhm"])
+    with ShardWriter(tmp_path / "s.h5", 9, 24) as w:  # sized for 9, 6 arrive (3 rejected on decode)
+        w.append(image=cols["image"], dhm=cols["dhm"])
+        w.finish({k: v for k, v in cols.items() if k not in ("image", "dhm")}, ATTRS)
+    rep = verify_shard(tmp_path / "s.h5")
+    assert rep["n_samples"] == 6
+    np.testing.assert_array_equal(read_columns(tmp_path / "s.h5", ["image"])["image"], cols["image"])
+    with ShardWriter(tmp_path / "e.h5", 4, 24) as w:  # every sample rejected
+        w.finish({}, ATTRS)
+    assert read_columns(tmp_path / "e.h5", ["image"])["image"].shape == (0, 24, 24, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "s.h5"]
+
+
+def test_streamed_shard_errors_leave_nothing(tmp_path):
+    from dhm_data.shards import ShardWriter
+
+    cols = make_columns(3)
+    with pytest.raises(ShardSchemaError, match=r"field 'dhm': expected a \(3, 24, 24, 3\) uint8 block, found .*float32"):
+        with ShardWriter(tmp_path / "s.h5", 3, 24) as w:
+            w.append(image=cols["image"], dhm=cols["dhm"])  # floats: not quantised
+    with pytest.raises(ShardSchemaError, match="exceeds the 2"):
+        with ShardWriter(tmp_path / "s.h5", 2, 24) as w:
+            w.append(image=cols["image"], dhm=schema.quantise(cols["dhm"]))
+    with pytest.raises(KeyboardInterrupt):
+        with ShardWriter(tmp_path / "s.h5", 3, 24) as w:
+            w.append(image=cols["image"], dhm=schema.quantise(cols["dhm"]))
+            raise KeyboardInterrupt
+    with pytest.raises(ShardSchemaError, match="field 'yaw': expected 3 samples, found 2"):
+        with ShardWriter(tmp_path / "s.h5", 3, 24) as w:
+            w.append(image=cols["image"], dhm=schema.quantise(cols["dhm"]))
+            rest = {k: v for k, v in cols.items() if k not in ("image", "dhm")}
+            w.finish(dict(rest, yaw=rest["yaw"][:2]), ATTRS)
+    assert list(tmp_path.iterdir()) == []
