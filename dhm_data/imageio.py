@@ -22,6 +22,10 @@ from .datasets.base import DatasetError
 _REDUCED = {r: flag | cv2.IMREAD_IGNORE_ORIENTATION for r, flag in
             {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}.items()}
+#: OpenCV >= 4.11 can hand back RGB from the decoder itself (no BGR->RGB pass).
+_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
+if _RGB_FLAG is not None:
+    _REDUCED = {r: (flag & ~cv2.IMREAD_COLOR) | _RGB_FLAG for r, flag in _REDUCED.items()}
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -90,8 +94,8 @@ def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
     if img is None:
         raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes): {_diagnose(buf)}")
     if img.ndim == 2:  # some decoders hand back grey for odd files
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return img if _RGB_FLAG is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _diagnose(buf: np.ndarray) -> str:

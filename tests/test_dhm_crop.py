@@ -1,7 +1,21 @@
+import cv2
 import numpy as np
 import pytest
 
-from dhm_data.crop import CropError, apply_affine, choose_reduction, affine_for_reduced, crop_affine, invert_affine, landmark_box, warp_crop
+from dhm_data.crop import (
+    CropError,
+    CropWindow,
+    affine_for_reduced,
+    apply_affine,
+    choose_reduction,
+    crop_affine,
+    crop_window,
+    extract_crop,
+    invert_affine,
+    landmark_box,
+    warp_crop,
+    window_affine,
+)
 from dhm_data.dhm import normalise_coordinates, render_dhm
 
 
@@ -40,19 +54,45 @@ def test_nan_landmarks_are_skipped_and_degenerate_axis_is_zero():
     assert np.isfinite(d).all()
 
 
-def test_crop_maps_box_centre_to_crop_centre_and_back():
-    rng = np.random.default_rng(3)
-    lm = rng.uniform(100, 300, (68, 2))
+def test_crop_window_and_affine_hand_computed():
+    # box x 100..300, y 120..280: side s = 1.3 * 200 = 260 (< 2 * 224: no reduction),
+    # centre (200, 200); window n = 260 from x0 = floor(200 - 129.5 + 0.5) = 71
+    lm = np.array([[100.0, 120.0], [300.0, 280.0], [150.0, 200.0]])
+    w = crop_window(lm, 224, 0.3)
+    assert w == (71, 71, 260, 1)
+    k = 224 / 260
     A = crop_affine(lm, 224, 0.3)
-    box = landmark_box(lm)
-    c = apply_affine(A, ((box[:2] + box[2:]) / 2)[None])[0]
-    np.testing.assert_allclose(c, [111.5, 111.5], atol=1e-9)
+    np.testing.assert_allclose(A, [[k, 0, -k * 70.5 - 0.5], [0, k, -k * 70.5 - 0.5]], rtol=1e-15)
+    # window pixel centres 71 and 330 land on the crop's first/last covered positions
+    np.testing.assert_allclose(apply_affine(A, np.array([[71.0, 330.0]])), [[k * 0.5 - 0.5, k * 259.5 - 0.5]])
     back = apply_affine(invert_affine(A), apply_affine(A, lm))
     np.testing.assert_allclose(back, lm, atol=1e-9)
-    # the longer box side spans 224 / 1.3 crop pixels
-    mapped = apply_affine(A, lm)
-    span = (mapped.max(0) - mapped.min(0)).max()
-    np.testing.assert_allclose(span, 224 / 1.3, rtol=1e-9)
+    # a 1000-px face: s = 1300 >= 4 * 224 -> r = 4, n = 4 * round(325) = 1300,
+    # x0 = 4 * floor((500 - 649.5) / 4 + 0.5) = 4 * floor(-36.875) = -148
+    big = np.array([[0.0, 0.0], [1000.0, 1000.0]])
+    assert crop_window(big, 224, 0.3) == (-148, -148, 1300, 4)
+    assert crop_window(big, 224, 0.3, max_reduction=1) == (-149, -149, 1300, 1)  # floor(-149.5 + 0.5)
+
+
+def test_extract_crop_equals_the_affine_warp():
+    """The resize fast path reads what the general warp reads (to 1 grey level),
+    also for windows reaching outside the image, reduced decodes and enlarging."""
+    rng = np.random.default_rng(5)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8), (0, 0), 1.5)
+    for box in ([[100, 80], [260, 230]], [[-40, 150], [120, 330]], [[330, -30], [470, 90]], [[150, 100], [190, 140]],
+                [[0, 0], [399, 299]]):
+        for size in (64, 96):
+            w = crop_window(np.array(box, float), size, 0.3)
+            reduced = image if w.r == 1 else cv2.resize(image, (400 // w.r, 300 // w.r), interpolation=cv2.INTER_AREA)
+            want = warp_crop(reduced, affine_for_reduced(window_affine(w, size), w.r), size)
+            out = np.full((size, size, 3), 7, np.uint8)
+            got = extract_crop(reduced, w, size, out=out)
+            assert got is out
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (box, size, w)
+    assert crop_window(np.array([[0, 0], [399, 299]], float), 64, 0.3).r == 8  # the reduced path ran
+    # a window wholly outside the image is black
+    far = CropWindow(1000, 1000, 128, 1)
+    np.testing.assert_array_equal(extract_crop(image, far, 64), 0)
 
 
 def test_warp_crop_samples_at_the_affine():
@@ -83,3 +123,22 @@ def test_zero_size_box_raises():
         crop_affine(np.array([[5.0, 1.0], [5.0, 9.0]]), 224, 0.3)
     with pytest.raises(CropError, match="no finite"):
         crop_affine(np.full((68, 2), np.nan), 224, 0.3)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+@pytest.mark.parametrize("reduction", [1, 2, 4])
+def test_decode_rgb_gives_rgb_order_at_every_reduction(tmp_path, ext, reduction):
+    """A red-left / blue-right picture decodes with red in channel 0, at full
+    size and with libjpeg's DCT reduction (reduced pixel p = source r p .. r p + r - 1)."""
+    from dhm_data.imageio import decode_rgb
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[:, :32, 0] = 255
+    rgb[:, 32:, 2] = 255
+    path = tmp_path / f"pic{ext}"
+    assert cv2.imwrite(str(path), rgb[..., ::-1].copy())  # OpenCV writes BGR
+    img = decode_rgb(path, reduction if ext == ".jpg" else 1)
+    r = reduction if ext == ".jpg" else 1
+    assert img.shape == (64 // r, 64 // r, 3) and img.dtype == np.uint8
+    left, right = img[:, : 8 // r].reshape(-1, 3).mean(0), img[:, -8 // r :].reshape(-1, 3).mean(0)
+    assert left[0] > 240 and left[2] < 15 and right[2] > 240 and right[0] < 15

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dhm_data import camera
-from dhm_data.crop import affine_for_reduced, apply_affine, choose_reduction, crop_affine, invert_affine, warp_crop
+from dhm_data.crop import affine_for_reduced, apply_affine, choose_reduction, crop_affine, crop_window, invert_affine, warp_crop
 from dhm_data.dhm import normalise_coordinates, render_dhm
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -108,14 +108,19 @@ def test_crop_and_back_is_the_identity(mean_landmarks, pitch, yaw, roll, face, c
     crop = apply_affine(A, lm)
     back = apply_affine(invert_affine(A), crop)
     np.testing.assert_allclose(back, lm, atol=1e-7 * max(1.0, face))
-    # box centre -> crop centre; the longer box side spans size / (1 + margin) crop pixels
+    # the window: n = r * round(s / r) source pixels, within r/2 of s, centred
+    # within r/2 source pixels of the box centre; r leaves >= 1 source px per crop px
+    win = crop_window(lm, size, margin)
+    s = (1 + margin) * box_side
+    assert win.n % win.r == 0 and win.x0 % win.r == 0 and win.y0 % win.r == 0
+    assert abs(win.n - s) <= win.r / 2 + 1e-9 * s and (win.r == 1 or win.n >= win.r * size)
+    k = size / win.n
     lo, hi = crop[:, :2].min(0), crop[:, :2].max(0)
-    np.testing.assert_allclose((lo + hi) / 2, [(size - 1) / 2] * 2, atol=1e-7)
-    assert float(np.max(hi - lo)) == pytest.approx(size / (1 + margin), rel=1e-9)
-    # every landmark lies inside the crop's pixel area, with the margin to spare
-    assert lo.min() >= -0.5 - 1e-9 and hi.max() <= size - 0.5 + 1e-9
+    np.testing.assert_allclose((lo + hi) / 2, [(size - 1) / 2] * 2, atol=k * win.r / 2 + 1e-7)
+    assert float(np.max(hi - lo)) == pytest.approx(k * box_side, rel=1e-9)
+    # every landmark lies inside the crop's pixel area up to the snapping
+    assert lo.min() >= -0.5 - k * win.r - 1e-9 and hi.max() <= size - 0.5 + k * win.r + 1e-9
     # depth is scaled by the crop scale (so the DHM z channel is in crop pixels)
-    k = size / ((1 + margin) * box_side)
     np.testing.assert_allclose(crop[:, 2], lm[:, 2] * k, rtol=1e-9)
 
 
