@@ -183,8 +183,9 @@ def _parse_v5(data: bytes, names):
     out = {"__header__": data[:116].strip(b" \t\n\x00"), "__version__": "1.0", "__globals__": []}
     remaining = None if names is None else list(names)
     pos, size = 128, len(data)
+    view, tag, inflate, matrix = memoryview(data), _TAG.unpack_from, zlib.decompress, _matrix
     while pos < size:
-        mtype, nbytes = _TAG.unpack_from(data, pos)  # struct.error when < 8 bytes remain
+        mtype, nbytes = tag(data, pos)  # struct.error when < 8 bytes remain
         start = pos + 8
         pos = start + nbytes
         if nbytes == 0 or pos > size:
@@ -192,10 +193,10 @@ def _parse_v5(data: bytes, names):
         if mtype == _MI_COMPRESSED:
             if nbytes > _ZLIB_BLOCK:
                 return None
-            buf = zlib.decompress(data[start:pos])
-            name, arr = _matrix(buf, 0, len(buf), True, remaining)
+            buf = inflate(view[start:pos])
+            name, arr = matrix(buf, 0, len(buf), True, remaining)
         elif mtype == _MI_MATRIX:
-            name, arr = _matrix(data, start - 8, pos, False, remaining)
+            name, arr = matrix(data, start - 8, pos, False, remaining)
         else:
             return None
         if name in out:  # scipy warns about duplicates: let it
