@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import camera
-from .crop import CropError, apply_affine, crop_affine
+from .crop import CropError, CropWindow, apply_affine, crop_affine, crop_window
 from .datasets.base import Sample
-from .dhm import dhm_pixels, render_dhm
+from .dhm import render_dhm
 from .morphable import MorphableModel, fit_length
 
 
@@ -70,21 +70,36 @@ def check_landmarks(sample: Sample, image_hw) -> None:
         raise PrepareError(f"landmarks lie outside the {w}x{h} image (box {lo.round(1).tolist()} - {hi.round(1).tolist()})")
 
 
-def sample_affine(sample: Sample, config: PrepareConfig) -> np.ndarray:
+def sample_window(sample: Sample, config: PrepareConfig) -> CropWindow:
+    """The snapped crop window of ``sample`` (:func:`dhm_data.crop.crop_window`)."""
     try:
-        return crop_affine(sample.landmarks_2d, config.crop_size, config.margin)
+        return crop_window(sample.landmarks_2d, config.crop_size, config.margin)
     except CropError as e:
         raise PrepareError(str(e)) from e
 
 
-def prepare_sample(sample: Sample, crop: np.ndarray, A: np.ndarray, landmarks_3d: np.ndarray, config: PrepareConfig,
-                   label_source: str, fit_residual=np.nan, fit_converged=True, sparse_dhm=False) -> dict:
-    """The shard row of one sample.
+def source_landmarks_3d(sample: Sample, model: MorphableModel) -> np.ndarray:
+    """``(68, 3)`` posed 3D landmarks in source pixels: the dataset's own, else
+    from the 3DMM parameters (a mirrored sample's from its original photo's,
+    mirrored); :class:`PrepareError` when there are neither."""
+    if sample.landmarks_3d is not None:
+        return np.asarray(sample.landmarks_3d, np.float64)
+    h = sample.image_size[0]
+    mirror = sample.extra.get("mirror_source")
+    if mirror is not None:
+        return posed_landmarks(model, mirror["pose_para"], mirror["shape_para"], mirror["exp_para"], h, mirror["width"])
+    if sample.pose_para is not None and sample.shape_para is not None:
+        return posed_landmarks(model, sample.pose_para, sample.shape_para, sample.exp_para, h)
+    raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
 
-    ``crop`` ``(S, S, 3)`` uint8 RGB already warped with ``A`` (2x3,
-    source -> crop); ``landmarks_3d`` ``(68, 3)`` in source pixels.  With
-    ``sparse_dhm`` the row's ``"dhm"`` is :func:`dhm_data.dhm.dhm_pixels`'
-    ``(flat, values)`` instead of the dense ``(S, S, 3)`` array.
+
+def prepare_row(sample: Sample, A: np.ndarray, landmarks_3d: np.ndarray, label_source: str, fit_residual=np.nan,
+                fit_converged=True) -> dict:
+    """The shard row of one sample without its pixel fields (image, DHM).
+
+    ``A`` 2x3 source -> crop affine; ``landmarks_3d`` ``(68, 3)`` in source
+    pixels.  The row's ``landmarks_3d`` (crop pixels, float32) is what the DHM
+    is rendered from.
     """
     lm2 = apply_affine(A, sample.landmarks_2d)
     lm3 = apply_affine(A, landmarks_3d)
@@ -94,8 +109,6 @@ def prepare_sample(sample: Sample, crop: np.ndarray, A: np.ndarray, landmarks_3d
         pose = np.full(7, np.nan)
     yaw = sample.extra.get("yaw_deg", float(camera.yaw_degrees(pose)))
     return {
-        "image": crop,
-        "dhm": (dhm_pixels if sparse_dhm else render_dhm)(lm3, config.crop_size, config.sigma),
         "landmarks_2d": lm2.astype(np.float32),
         "landmarks_3d": lm3.astype(np.float32),
         "pose_para": pose.astype(np.float32),

@@ -327,7 +327,7 @@ class ShardWriter:
         self._crcs = {name: np.zeros(self.n_max, np.uint32) for name in PIXEL_FIELDS}
         self._h = _h5py().File(self.tmp, "w", track_order=True)
         try:
-            for name in PIXEL_FIELDS:
+            for name in PIXEL_FIELDS if self.n_max else ():  # 0 rows: written by write_shard at finish
                 _create_field(self._h, FIELD_BY_NAME[name], self.kinds[name], shape=(self.n_max, size, size, 3))
         except BaseException:
             self.abort()
@@ -379,7 +379,7 @@ class ShardWriter:
         if set(columns) & set(PIXEL_FIELDS):
             raise ShardSchemaError(f"{self.final_path}: pixel fields are appended, not given to finish()")
         n = self.rows
-        if self.rows < self.n_max:
+        if self.rows < self.n_max or self.n_max == 0:
             return self._finish_smaller(columns, attrs)
         if "n_samples" in attrs and int(attrs.pop("n_samples")) != n:
             self.abort()

@@ -340,9 +340,13 @@ def test_loader_names_file_and_sample_for_any_damaged_sample(where, built):
     if where == "image byte":
         with h5py.File(victim, "r") as h:
             off = h["image"].id.get_offset() + 3 * int(np.prod(h["image"].shape[1:])) + 1000
+        data[off] ^= 0x5A
     else:
+        # The Blosc header's compressed size (bytes 12-15) made too small to
+        # hold the data: undecodable whatever the chunk holds (flipping one of
+        # its bits can leave a larger size that Blosc reads past harmlessly).
         off = _dhm_chunk_offset(victim, 3) + 12
-    data[off] ^= 0x5A
+        data[off:off + 4] = (16).to_bytes(4, "little")
     victim.write_bytes(bytes(data))
     # a flipped crop byte decodes fine: only the per-sample CRC32 check sees it
     ds = ShardDataset(victim, fields=["image", "dhm"], check_crc=(where == "image byte"))
