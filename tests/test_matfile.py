@@ -3,6 +3,7 @@ with ``scipy.io.loadmat(path, mat_dtype=True)``: identical keys, order, values,
 shapes, dtypes; the fast path is proved taken by making scipy raise."""
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -14,8 +15,7 @@ import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dhm_data.datasets import DatasetError
-from dhm_data.datasets import matfile
+from dhm_data.datasets import DatasetError, matfile
 from dhm_data.datasets.matfile import field, labelled_parameters, load_mat
 from dhm_data.synth import compact_zero, mat_v5_bytes
 
@@ -366,7 +366,7 @@ def test_damage_behaves_like_scipy(tmp_path, names):
         p.write_bytes(bytes(bad))
         try:
             want = scipy_load(p, names)
-        except Exception:
+        except Exception:  # noqa: BLE001 - scipy raises many types for damaged files
             with pytest.raises(DatasetError, match=r"bad\.mat: "):
                 load_mat(p, names)
             outcomes.add("error")
@@ -430,3 +430,14 @@ def test_compressed_element_consumed_exactly(tmp_path, extra):
     with pytest.raises(DatasetError, match=r"x\.mat: cannot read as a MATLAB v5 \.mat file \(ValueError: Did not fully consume"):
         load_mat(p)
     assert_same(load_mat(p, ["y"]), scipy_load(p, ["y"]))  # not read: not checked, as scipy
+
+
+def test_big_files_and_fifos_go_the_slow_way(tmp_path, scipy_calls, monkeypatch):
+    p = savemat_file(tmp_path / "big.mat", {"a": np.arange(6.0).reshape(2, 3)}, True)
+    monkeypatch.setattr(matfile, "_MAX_FAST_BYTES", 100)  # pretend the file is too big to slurp
+    assert_same(load_mat(p), scipy_load(p))
+    assert scipy_calls == [None]
+    fifo = tmp_path / "fifo.mat"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match=r"fifo\.mat: label file is not a regular file"):
+        load_mat(fifo)  # must not block on open

@@ -59,7 +59,7 @@ import scipy.io
 
 from .base import DatasetError, require_file
 
-__all__ = ["load_mat", "field", "labelled_parameters"]
+__all__ = ["field", "labelled_parameters", "load_mat"]
 
 _MI_INT8, _MI_INT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 14, 15, 16
 _MI_UINT32 = 6
@@ -69,6 +69,7 @@ _MAX_DIMS = 32  # numpy's limit; scipy rejects more
 # scipy decompresses miCOMPRESSED payloads in blocks of this size and checks
 # that the last block was consumed; larger payloads go to scipy.
 _ZLIB_BLOCK = 131072
+_MAX_FAST_BYTES = 1 << 26  # bigger files (never label files) are streamed by scipy
 
 # array class -> dtype returned with mat_dtype=True (little-endian file)
 _CLASS_DTYPES = {
@@ -212,12 +213,13 @@ def _parse_v5(data: bytes, names):
 
 
 def _read_regular_file(path: Path) -> bytes | None:
-    """The bytes of ``path`` when it is a regular file, else None.  One open
-    (non-blocking, so a FIFO cannot hang us) and one fstat."""
+    """The bytes of ``path`` when it is a regular file of at most
+    ``_MAX_FAST_BYTES``, else None.  One open (non-blocking, so a FIFO cannot
+    hang us) and one fstat."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FAST_BYTES:
             return None
         data = os.read(fd, st.st_size + 1)
         return data if len(data) == st.st_size else None
