@@ -98,6 +98,10 @@ def dhm_pixels(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0):
     return flat, w[:, None] * values[lm]
 
 
+#: One pixel's three uint8 channels as a single item, for one-step scatters.
+_RGB_BYTES = np.dtype((np.void, 3))
+
+
 def render_dhm_quantised(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0,
                          out: np.ndarray | None = None) -> np.ndarray:
     """The stored form of the DHM: exactly
@@ -109,10 +113,10 @@ def render_dhm_quantised(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0
     [0, 1] (``255 w < 0.49``, i.e. farther than ``sigma sqrt(2 ln(255/0.49))``
     = 3.54 sigma from its landmark) is dropped before the overlap rule: any
     landmark that would win such a pixel is at least as far, so it is 0 in the
-    quantised map either way.  Contested pixels are settled by sorting only
-    their entries on (pixel, distance, landmark index).
+    quantised map either way.  The rest are sorted once on (pixel, distance),
+    stable in landmark order, and the first entry of each pixel wins.
     """
-    from .schema import QUANT_LEVELS, quantise
+    from .schema import QUANT_LEVELS
 
     if out is None:
         out = np.zeros((size, size, 3), np.uint8)
@@ -124,29 +128,33 @@ def render_dhm_quantised(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0
         P = P[valid]
     lo = P.min(axis=0)
     span = P.max(axis=0) - lo
-    values = (P - lo) / np.where(span > 0, span, np.inf)
+    values = (P - lo) / np.where(span > 0, span, np.inf)       # normalise_coordinates, no NaN left here
     radius = max(1, math.ceil(4 * sigma))
+    D = 2 * radius + 1
     offs = np.arange(-radius, radius + 1)
     c = np.rint(P[:, :2]).astype(np.int64)
     gx = c[:, 0, None] + offs                                   # (L, D) pixel columns of each window
-    gy = c[:, 1, None] + offs
+    gy = c[:, 1, None] + offs                                   # (L, D) pixel rows
     dx2 = (gx - P[:, 0, None]) ** 2
     dy2 = (gy - P[:, 1, None]) ** 2
     dx2[(gx < 0) | (gx >= size)] = np.inf                       # outside the crop: never drawn
     dy2[(gy < 0) | (gy >= size)] = np.inf
-    d2 = dy2[:, :, None] + dx2[:, None, :]                      # (L, D, D)
-    cutoff = 2.0 * sigma * sigma * math.log(QUANT_LEVELS / 0.49)
-    lm, i, j = np.nonzero(d2 <= cutoff)                         # in landmark order
-    flat = gy[lm, i] * size + gx[lm, j]
-    d2 = d2[lm, i, j]
-    contested = np.flatnonzero(np.bincount(flat, minlength=size * size)[flat] > 1)
-    if contested.size:
-        order = contested[np.lexsort((lm[contested], d2[contested], flat[contested]))]
-        loses = order[1:][flat[order[1:]] == flat[order[:-1]]]   # all but the first of each pixel
-        keep = np.ones(len(flat), bool)
-        keep[loses] = False
-        flat, d2, lm = flat[keep], d2[keep], lm[keep]
-    w = np.exp(d2 * (-0.5 / (sigma * sigma)))
-    vals = (w[:, None] * values[lm]).astype(np.float32)
-    out.reshape(-1, 3)[flat] = quantise(vals, block=len(vals) or 1)
+    d2 = (dy2[:, :, None] + dx2[:, None, :]).reshape(-1)        # (L*D*D,) in landmark order
+    sel = np.flatnonzero(d2 <= 2.0 * sigma * sigma * math.log(QUANT_LEVELS / 0.49))
+    lm, ij = np.divmod(sel, D * D)
+    row, col = np.divmod(ij, D)
+    flat = np.take(gy.reshape(-1), lm * D + row) * size + np.take(gx.reshape(-1), lm * D + col)
+    d2 = np.take(d2, sel)
+    # d2 < 2 (radius + 1)^2 inside a window, so the key orders by pixel, then distance
+    order = np.argsort(flat * (4.0 * (radius + 1) ** 2) + d2, kind="stable")
+    ordered = np.take(flat, order)
+    first = np.ones(len(order), bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    win = order[first]
+    w = np.exp(np.take(d2, win) * (-0.5 / (sigma * sigma)))
+    q = np.empty((len(win), 3), np.float32)                     # float32(w v) as render_dhm stores it
+    np.multiply(np.take(values, np.take(lm, win), axis=0), w[:, None], out=q, casting="same_kind")
+    q *= np.float32(QUANT_LEVELS)                               # then schema.quantise: rint(255 v)
+    np.rint(q, out=q)
+    out.reshape(-1, 3).view(_RGB_BYTES)[np.take(flat, win), 0] = q.astype(np.uint8).view(_RGB_BYTES)[:, 0]
     return out
