@@ -278,9 +278,15 @@ def _scipy_load(path: Path, names) -> dict:
 
 def field(mat: dict, path: Path, key: str, shape: tuple, *, finite=True, allow_transposed=False) -> np.ndarray:
     """``mat[key]`` as float64 with exactly ``shape`` (or its transpose when
-    ``allow_transposed``); missing key, wrong shape or NaN/inf raise."""
+    ``allow_transposed``); missing key, wrong shape or NaN/inf raise.  ``mat``
+    may hold only some of the file's variables (``load_mat(variable_names=...)``):
+    the error for a missing key lists every variable the file has."""
     if key not in mat:
-        present = ", ".join(k for k in mat if not k.startswith("__"))
+        try:
+            everything = load_mat(path)
+        except DatasetError:
+            everything = mat
+        present = ", ".join(k for k in everything if not k.startswith("__"))
         raise DatasetError(f"{path}: key {key!r} is missing (present: {present})")
     a = np.asarray(mat[key])
     if a.shape != shape:

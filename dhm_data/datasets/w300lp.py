@@ -41,6 +41,8 @@ from .base import DatasetError, DatasetReader, Item, Sample, require_file
 from .matfile import field, labelled_parameters, load_mat
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
+#: The 3DMM label variables read from a sample's .mat (the rest is never used).
+_LABELS = ("Pose_Para", "Shape_Para", "Exp_Para")
 _STEP = re.compile(r"^(?P<source>.+)_(?P<k>\d+)$")
 
 
@@ -96,30 +98,32 @@ class Reader(DatasetReader):
         return None
 
     def load(self, item: Item) -> Sample:
-        subset_dir = self.root / item.subset
-        stem = item.name.split("/", 1)[1]
-        image_path = subset_dir / f"{stem}.jpg"
-        mat_path = subset_dir / f"{stem}.mat"
-        require_file(image_path, "image file", f" (its labels {mat_path.name} exist)")
-        require_file(mat_path, "label file")
+        # items() lists [image, labels, (landmarks file), (a mirror's original labels)]
+        image_path, mat_path = item.paths[0], item.paths[1]
+        stem = image_path.stem
+        lm_file = next((p for p in item.paths[2:] if p.name == f"{stem}_pts.mat"), None)
+        try:
+            h, w = image_size(image_path)
+        except DatasetError:
+            require_file(image_path, "image file", f" (its labels {mat_path.name} exist)")
+            raise
         own = {}  # the sample's own .mat, read only when something of it is used
 
         def mat():
             if not own:
-                own["mat"] = load_mat(mat_path)
+                own["mat"] = load_mat(mat_path, _LABELS + ("pt2d",))
             return own["mat"]
 
         m = _STEP.match(stem)
         k = int(m.group("k")) if m else 0
         base = item.subset.removesuffix("_Flip")
 
-        lm_file = self._landmark_file(item.subset, stem)
         opt = self.landmark_option
         if opt in ("pts_3d", "pts_2d") or (opt == "auto" and lm_file is not None):
             key = "pts_3d" if opt in ("auto", "pts_3d") else "pts_2d"
             if lm_file is None:
                 raise DatasetError(f"{self.root / 'landmarks' / base / (stem + '_pts.mat')}: landmarks file is missing (needed for {key})")
-            pts = field(load_mat(lm_file), lm_file, key, (68, 2), allow_transposed=True)
+            pts = field(load_mat(lm_file, (key,)), lm_file, key, (68, 2), allow_transposed=True)
             mirror_here = item.flipped and lm_file.parent.name == base
             source = f"landmarks/{key}"
         elif opt == "pt2d" or k == 0:
@@ -131,7 +135,6 @@ class Reader(DatasetReader):
                 f"{mat_path}: rotated sample (k={k}) and no landmarks/{base}/{stem}_pts.mat: its pt2d is copied from "
                 "the original photo, not warped, so it cannot be used"
             )
-        h, w = image_size(image_path)
         pts = camera.one_based_to_zero_based(pts)
         if mirror_here:
             pts[:, 0] = w - 1 - pts[:, 0]
@@ -143,9 +146,9 @@ class Reader(DatasetReader):
         # sample's 3D landmarks come from its original photo's labels, mirrored.
         pose, shape, exp = labelled_parameters(mat(), mat_path)
         extra = {"yaw_deg": float(camera.yaw_degrees(pose)), "k": k}
-        sibling = self.root / base / f"{stem}.mat"
-        if item.flipped and sibling.is_file():
-            o_pose, o_shape, o_exp = labelled_parameters(load_mat(sibling), sibling)
+        sibling = item.paths[-1] if item.flipped else None
+        if sibling is not None and sibling.is_file():
+            o_pose, o_shape, o_exp = labelled_parameters(load_mat(sibling, _LABELS), sibling)
             extra["mirror_source"] = {"pose_para": o_pose, "shape_para": o_shape, "exp_para": o_exp, "width": w}
         return Sample(
             name=item.name,
