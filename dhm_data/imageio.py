@@ -28,68 +28,94 @@ if _RGB_FLAG is not None:
     _REDUCED = {r: (flag & ~cv2.IMREAD_COLOR) | _RGB_FLAG for r, flag in _REDUCED.items()}
 
 
+def read_image_bytes(path, limit: int | None = None) -> bytes:
+    """The bytes of the image file ``path`` (at most ``limit``): one
+    non-blocking open (a FIFO cannot hang the build) and one ``fstat``; a
+    missing file, a directory, a broken symlink, anything not a regular file
+    raises :class:`DatasetError` saying which."""
+    import os
+    import stat
+
+    from .datasets.base import require_file
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        require_file(Path(path), "image file")
+        raise DatasetError(f"{path}: cannot open image ({e})") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            require_file(Path(path), "image file")
+        n = st.st_size if limit is None else min(limit, st.st_size)
+        chunks, got = [], 0
+        while got < n:
+            b = os.read(fd, n - got)
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read image ({e})") from e
+    finally:
+        os.close(fd)
+
+
+#: Bytes read for the header; a JPEG's start-of-frame comes after its tables,
+#: well inside this for camera and dataset files (else the whole file is read).
+_HEADER_BYTES = 1 << 16
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header (JPEG SOF or PNG IHDR) without
     decoding; falls back to a full decode for other formats."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-            if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-                w, h = struct.unpack(">II", head[16:24])
-                return int(h), int(w)
-            if head[:2] == b"\xff\xd8":
-                size = _jpeg_size(f)
-                if size is not None:
-                    return size
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot open image ({e})") from e
+    head = read_image_bytes(path, _HEADER_BYTES)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        w, h = struct.unpack(">II", head[16:24])
+        return int(h), int(w)
+    if head[:2] == b"\xff\xd8":
+        size = _jpeg_size(head)
+        if size is None and len(head) == _HEADER_BYTES:
+            size = _jpeg_size(read_image_bytes(path))
+        if size is not None:
+            return size
     img = decode_rgb(path)
     return img.shape[:2]
 
 
-def _jpeg_size(f) -> tuple[int, int] | None:
-    """Walk the JPEG marker segments (reading only their headers) to the
-    first start-of-frame; None if there is none."""
-    f.seek(2)
-    while True:
-        b = f.read(1)
-        while b == b"\xff":  # fill bytes before a marker
-            nxt = f.read(1)
-            if nxt != b"\xff":
-                b = nxt
-                break
-        if not b:
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments of ``data`` (from after SOI) to the first
+    start-of-frame; None if there is none within ``data``."""
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
             return None
-        marker = b[0]
+        while i < n and data[i] == 0xFF:  # fill bytes before a marker
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
         if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
             continue  # markers without a length
-        seg = f.read(2)
-        if len(seg) < 2:
+        if i + 2 > n:
             return None
-        (seg_len,) = struct.unpack(">H", seg)
+        (seg_len,) = struct.unpack_from(">H", data, i)
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            sof = f.read(5)
-            if len(sof) < 5:
+            if i + 7 > n:
                 return None
-            h, w = struct.unpack(">HH", sof[1:5])
+            h, w = struct.unpack_from(">HH", data, i + 3)
             return int(h), int(w)
-        f.seek(seg_len - 2, 1)
-        if f.read(1) != b"\xff":
+        if seg_len < 2:
             return None
-        f.seek(-1, 1)
+        i += seg_len
+    return None
 
 
 def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
     """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8."""
-    from .datasets.base import require_file
-
-    path = Path(path)
-    require_file(path, "image file")
-    try:
-        buf = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read image ({e})") from e
+    buf = np.frombuffer(read_image_bytes(path), np.uint8)
     img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
     if img is None:
         raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes): {_diagnose(buf)}")

@@ -12,7 +12,6 @@ from dhm_data.crop import (
     crop_window,
     extract_crop,
     invert_affine,
-    landmark_box,
     warp_crop,
     window_affine,
 )
@@ -142,3 +141,30 @@ def test_decode_rgb_gives_rgb_order_at_every_reduction(tmp_path, ext, reduction)
     assert img.shape == (64 // r, 64 // r, 3) and img.dtype == np.uint8
     left, right = img[:, : 8 // r].reshape(-1, 3).mean(0), img[:, -8 // r :].reshape(-1, 3).mean(0)
     assert left[0] > 240 and left[2] < 15 and right[2] > 240 and right[0] < 15
+
+
+def test_image_size_reads_the_header_only_and_handles_odd_files(tmp_path):
+    import os
+
+    from dhm_data.datasets.base import DatasetError
+    from dhm_data.imageio import image_size
+
+    img = np.zeros((37, 53, 3), np.uint8)
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    (tmp_path / "a.jpg").write_bytes(jpg)
+    assert image_size(tmp_path / "a.jpg") == (37, 53)
+    # two 65,000-byte APP1 segments push the frame header past the first 64 KiB read
+    app = b"\xff\xe1" + (65000).to_bytes(2, "big") + bytes(64998)
+    (tmp_path / "b.jpg").write_bytes(jpg[:2] + app + app + jpg[2:])
+    assert image_size(tmp_path / "b.jpg") == (37, 53)
+    assert cv2.imdecode(np.fromfile(tmp_path / "b.jpg", np.uint8), cv2.IMREAD_COLOR).shape == (37, 53, 3)
+    (tmp_path / "c.png").write_bytes(cv2.imencode(".png", img)[1].tobytes())
+    assert image_size(tmp_path / "c.png") == (37, 53)
+    os.mkfifo(tmp_path / "d.jpg")
+    with pytest.raises(DatasetError, match=r"d\.jpg: image file is not a regular file"):
+        image_size(tmp_path / "d.jpg")  # must not block on the open
+    (tmp_path / "e.jpg").mkdir()
+    with pytest.raises(DatasetError, match=r"e\.jpg: image file is a directory"):
+        image_size(tmp_path / "e.jpg")
+    with pytest.raises(DatasetError, match=r"f\.jpg: image file is missing"):
+        image_size(tmp_path / "f.jpg")
