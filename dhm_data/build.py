@@ -28,6 +28,7 @@ from .prepare import (
     PrepareError,
     check_landmarks,
     mean_shape_dhm,
+    pose_parameters,
     prepare_row,
     sample_window,
     source_landmarks_3d,
@@ -295,7 +296,7 @@ class _Planned:
     sample: object
     window: object
     affine: np.ndarray
-    landmarks_3d: np.ndarray
+    landmarks_3d: np.ndarray | None  # source pixels; posed for the whole shard at once
     label_source: str
     residual: float
     converged: bool
@@ -323,9 +324,11 @@ def prepare_shard(payload) -> dict:
     rejections, planned = [], []
     for index, item in enumerate(items):
         try:
-            planned.append(_plan_sample(index, item, reader, fits, lm_model, config))
+            planned.append(_plan_sample(index, item, reader, fits, config))
         except (DatasetError, PrepareError) as e:
             rejections.append((index, _rejection(item, e)))
+    for p, lm3 in zip(planned, source_landmarks_3d([p.sample for p in planned], lm_model)):
+        p.landmarks_3d = lm3
     rows, sources = [], Counter()
     storage = {"dhm": config.dhm_storage}
     if not planned:
@@ -355,7 +358,7 @@ def prepare_shard(payload) -> dict:
     return _shard_result(rows, rejections, sources)
 
 
-def _plan_sample(index, item, reader, fits, lm_model, config) -> _Planned:
+def _plan_sample(index, item, reader, fits, config) -> _Planned:
     """Read and check one sample's labels (no pixels): :class:`DatasetError`
     or :class:`PrepareError` reject it."""
     from .crop import window_affine
@@ -369,9 +372,10 @@ def _plan_sample(index, item, reader, fits, lm_model, config) -> _Planned:
         sample.pose_para, sample.shape_para, sample.exp_para = f["pose_para"], f["shape_para"], f["exp_para"]
         label_source, residual, converged = "fitted", f["residual"], f["converged"]
     check_landmarks(sample, sample.image_size)  # every reader gives the size from the header
+    pose_parameters(sample)  # neither 3D landmarks nor parameters: rejected here
     window = sample_window(sample, config)
-    return _Planned(index, item, sample, window, window_affine(window, config.crop_size),
-                    source_landmarks_3d(sample, lm_model), label_source, residual, converged)
+    return _Planned(index, item, sample, window, window_affine(window, config.crop_size), None, label_source,
+                    residual, converged)
 
 
 def _rejection(item, error) -> dict:

@@ -35,21 +35,27 @@ class PrepareConfig:
                    str(cfg["shards"].get("dhm_storage", "u8q-lz4")))
 
 
-def posed_landmarks(model: MorphableModel, pose_para, shape_para, exp_para, image_height: int, mirror_width=None) -> np.ndarray:
-    """``(68, 3)`` posed 3D landmarks in 0-based source pixels (z in pixel units).
+def posed_landmarks(model: MorphableModel, pose_para, shape_para, exp_para, image_height, mirror_width=None) -> np.ndarray:
+    """``(..., 68, 3)`` posed 3D landmarks in 0-based source pixels (z in pixel units).
 
-    ``model`` is a landmark model (68 rows).  Coefficients are truncated or
-    zero-padded to the model's sizes.  With ``mirror_width`` W the result is
-    mirrored (``x -> W - 1 - x``) and re-ordered with the 68-point mirror
-    permutation (a ``_Flip`` sample reconstructed from its original's labels).
+    ``model`` is a landmark model (68 rows); ``pose_para`` ``(..., 7)``,
+    ``shape_para`` ``(..., K')``, ``exp_para`` ``(..., E')`` (truncated or
+    zero-padded to the model's sizes), ``image_height`` scalar or ``(...)``.
+    With ``mirror_width`` W (scalar or ``(...)``; NaN entries: not mirrored)
+    the result is mirrored (``x -> W - 1 - x``) and re-ordered with the
+    68-point mirror permutation (a ``_Flip`` sample reconstructed from its
+    original's labels).
     """
-    S = model.reconstruct(fit_length(shape_para, model.n_identity), fit_length(exp_para, model.n_expression))
-    P = camera.model_to_image(S[: model.landmark_indices.size], pose_para, image_height)
-    if mirror_width is not None:
-        from .landmarks68 import MIRROR_68
+    from .landmarks68 import MIRROR_68
 
-        P[:, 0] = mirror_width - 1 - P[:, 0]
-        P = P[np.asarray(MIRROR_68)]
+    S = model.reconstruct(fit_length(shape_para, model.n_identity), fit_length(exp_para, model.n_expression))
+    P = camera.model_to_image(S[..., : model.landmark_indices.size, :], pose_para, image_height)
+    if mirror_width is not None:
+        W = np.asarray(mirror_width, np.float64)
+        mirrored = np.isfinite(W)
+        flipped = P[..., np.asarray(MIRROR_68), :]
+        flipped[..., 0] = W[..., None] - 1 - flipped[..., 0]
+        P = np.where(mirrored[..., None, None], flipped, P)
     return P
 
 
@@ -78,19 +84,42 @@ def sample_window(sample: Sample, config: PrepareConfig) -> CropWindow:
         raise PrepareError(str(e)) from e
 
 
-def source_landmarks_3d(sample: Sample, model: MorphableModel) -> np.ndarray:
-    """``(68, 3)`` posed 3D landmarks in source pixels: the dataset's own, else
-    from the 3DMM parameters (a mirrored sample's from its original photo's,
-    mirrored); :class:`PrepareError` when there are neither."""
+def pose_parameters(sample: Sample):
+    """What :func:`posed_landmarks` needs for ``sample``'s 3D landmarks:
+    ``(pose, shape, exp, image height, mirror width or NaN)``, or None when
+    the dataset gives the landmarks themselves; :class:`PrepareError` when
+    there are neither landmarks nor parameters.  A mirrored sample is posed
+    from its original photo's parameters (``extra["mirror_source"]``)."""
     if sample.landmarks_3d is not None:
-        return np.asarray(sample.landmarks_3d, np.float64)
+        return None
     h = sample.image_size[0]
     mirror = sample.extra.get("mirror_source")
     if mirror is not None:
-        return posed_landmarks(model, mirror["pose_para"], mirror["shape_para"], mirror["exp_para"], h, mirror["width"])
+        return mirror["pose_para"], mirror["shape_para"], mirror["exp_para"], h, float(mirror["width"])
     if sample.pose_para is not None and sample.shape_para is not None:
-        return posed_landmarks(model, sample.pose_para, sample.shape_para, sample.exp_para, h)
+        return sample.pose_para, sample.shape_para, sample.exp_para, h, np.nan
     raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
+
+
+def source_landmarks_3d(samples: list, model: MorphableModel) -> list:
+    """``(68, 3)`` posed 3D landmarks in source pixels for each sample: the
+    dataset's own, else posed from the 3DMM parameters, all in one batched
+    :func:`posed_landmarks` call (a sample without either raises
+    :class:`PrepareError`, see :func:`pose_parameters`)."""
+    params = [pose_parameters(s) for s in samples]
+    out = [None if p is not None else np.asarray(s.landmarks_3d, np.float64) for s, p in zip(samples, params)]
+    todo = [i for i, p in enumerate(params) if p is not None]
+    if todo:
+        def stack(j, n):
+            return np.stack([fit_length(params[i][j], n) for i in todo])
+
+        P = posed_landmarks(model, np.stack([np.asarray(params[i][0], np.float64) for i in todo]),
+                            stack(1, model.n_identity), stack(2, model.n_expression),
+                            np.array([params[i][3] for i in todo], np.float64),
+                            np.array([params[i][4] for i in todo], np.float64))
+        for k, i in enumerate(todo):
+            out[i] = P[k]
+    return out
 
 
 def prepare_row(sample: Sample, A: np.ndarray, landmarks_3d: np.ndarray, label_source: str, fit_residual=np.nan,

@@ -1,0 +1,51 @@
+"""The prepare step's batched posing against one-at-a-time posing."""
+
+import numpy as np
+import pytest
+
+from dhm_data import camera
+from dhm_data.datasets.base import Sample
+from dhm_data.landmarks68 import MIRROR_68
+from dhm_data.prepare import PrepareError, posed_landmarks, source_landmarks_3d
+from dhm_data.synthetic_model import load_synthetic_model
+
+
+@pytest.fixture(scope="module")
+def lm_model():
+    return load_synthetic_model().landmark_model()
+
+
+def _sample(rng, name, **kw):
+    pose = np.r_[rng.uniform(-0.5, 0.5, 3), rng.uniform(150, 300, 2), 0.0, rng.uniform(8e-4, 1.2e-3)]
+    return Sample(name=name, subset="IBUG", image_path=None, landmarks_2d=np.zeros((68, 2)), pose_para=pose,
+                  shape_para=rng.normal(0, 1e4, 199), exp_para=rng.normal(0, 1, 29), image_size=(450, 450), **kw)
+
+
+def test_batched_posing_equals_one_at_a_time(lm_model):
+    rng = np.random.default_rng(0)
+    own = _sample(rng, "a")
+    given = _sample(rng, "b", landmarks_3d=rng.normal(200, 30, (68, 3)))
+    src = _sample(rng, "c")
+    mirrored = _sample(rng, "d", extra={"mirror_source": {"pose_para": src.pose_para, "shape_para": src.shape_para,
+                                                          "exp_para": src.exp_para, "width": 450}})
+    got = source_landmarks_3d([own, given, mirrored], lm_model)
+    one = posed_landmarks(lm_model, own.pose_para, own.shape_para, own.exp_para, 450)
+    np.testing.assert_allclose(got[0], one, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got[1], given.landmarks_3d)
+    # the mirror of the original's posed landmarks: x -> W - 1 - x, points re-ordered
+    orig = posed_landmarks(lm_model, src.pose_para, src.shape_para, src.exp_para, 450)
+    want = orig[np.asarray(MIRROR_68)].copy()
+    want[:, 0] = 449 - want[:, 0]
+    np.testing.assert_allclose(got[2], want, rtol=0, atol=1e-9)
+    # and the single-sample mirror path agrees
+    np.testing.assert_allclose(posed_landmarks(lm_model, src.pose_para, src.shape_para, src.exp_para, 450, 450), want,
+                               rtol=0, atol=1e-9)
+    # one hand-checkable point: the model's landmark 30 posed by camera.model_to_image directly
+    S = lm_model.reconstruct(own.shape_para[: lm_model.n_identity], own.exp_para[: lm_model.n_expression])
+    np.testing.assert_allclose(got[0][30], camera.model_to_image(S[30:31], own.pose_para, 450)[0], atol=1e-9)
+
+
+def test_a_sample_with_neither_landmarks_nor_parameters_is_rejected(lm_model):
+    bare = Sample(name="x", subset="s", image_path=None, landmarks_2d=np.zeros((68, 2)), image_size=(10, 10))
+    with pytest.raises(PrepareError, match="no 3D landmarks and no 3DMM parameters"):
+        source_landmarks_3d([bare], lm_model)
