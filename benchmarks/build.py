@@ -4,8 +4,9 @@
 
 Generates a synthetic 300W-LP tree of N non-flipped samples (2N images with
 the mirrors), builds it with 1 and 2 processes, times a bare decode of every
-source JPEG, and prints samples/s and the ratio build time / decode time
-(goal: under 1.5 for one process).  Figures vary with the machine; the ratio
+source JPEG with as many processes right before and right after each build,
+and prints samples/s and the ratio build time / decode time (goal: under 1.5
+for one process).  Figures vary with the machine; the ratio
 measured in one run is what to compare.
 """
 
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from dhm_data.build import BuildRequest, run_build
+from dhm_data.runner import keep_freed_memory
 from dhm_data.synth import synthesize
 
 
@@ -32,6 +34,7 @@ def decode_all(paths, flags=cv2.IMREAD_COLOR):
 
 def _decode_part(paths):
     cv2.setNumThreads(1)
+    keep_freed_memory()  # the floor decodes with the allocator setting the build's workers use
     return decode_all(paths)
 
 
@@ -51,8 +54,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=1000, help="non-flipped samples (the tree holds 2N images)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dhm-bench-build"))
+    ap.add_argument("--repeat", type=int, default=3, help="builds per process count (the median ratio is reported)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
+    keep_freed_memory()  # as the build's workers do: without it a decode maps fresh pages per image
     raw = args.work / "raw"
     if not (raw / "SYNTHETIC.json").exists() and not (raw / "300W_LP").exists():
         shutil.rmtree(raw, ignore_errors=True)
@@ -62,25 +67,35 @@ def main():
     jpgs = sorted(raw.rglob("*.jpg"))
     n = len(jpgs)
     decode_all(jpgs[:200])  # warm the page cache and the decoder
-    t_decode = decode_all(jpgs)
-    print(f"images: {n}")
-    print(f"decode only (full 450x450, cv2, 1 thread): {n / t_decode:8.0f} images/s")
-    t_decode2 = decode_all_parallel(jpgs, 2)
-    print(f"decode only, 2 processes:                 {n / t_decode2:8.0f} images/s")
-    rows = []
+    print(f"images: {n}   (each build is bracketed by decode-only runs at the same parallelism: this")
+    print("machine's speed drifts, and the ratio is taken against the mean of the two)")
+
+    def floor(jobs):
+        return decode_all(jpgs) if jobs == 1 else decode_all_parallel(jpgs, jobs)
+
+    ratios = {}
     for jobs in (1, 2):
-        out = args.work / f"out-{jobs}"
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.perf_counter()
-        s = run_build(BuildRequest("300wlp", raw, out, None, jobs=jobs, progress=False), echo=lambda m: None)
-        dt = time.perf_counter() - t
-        written = sum(s["written"].values())
-        rows.append((jobs, written, dt))
-        print(f"build, {jobs} process(es): {written / dt:8.0f} samples/s  ({written} written, {s['rejected']} rejected, {dt:.2f} s)")
-    (_, _, t1), (_, _, t2) = rows
-    print(f"ratio build(1 process) / decode-only: {t1 / t_decode:.2f}   (goal < 1.5)")
-    print(f"ratio build(2 processes) / decode-only(2 processes): {t2 / t_decode2:.2f}")
-    print(f"scaling 2 processes vs 1: {t1 / t2:.2f}x")
+        for rep in range(args.repeat):
+            out = args.work / f"out-{jobs}"
+            shutil.rmtree(out, ignore_errors=True)
+            before = floor(jobs)
+            t = time.perf_counter()
+            s = run_build(BuildRequest("300wlp", raw, out, None, jobs=jobs, progress=False), echo=lambda m: None)
+            dt = time.perf_counter() - t
+            after = floor(jobs)
+            written = sum(s["written"].values())
+            ratios.setdefault(jobs, []).append((dt / ((before + after) / 2), written / dt))
+            print(f"{jobs} process(es), run {rep + 1}: decode only {n / before:6.0f} / {n / after:6.0f} images/s "
+                  f"(before / after);  build {written / dt:6.0f} samples/s ({written} written, {s['rejected']} "
+                  f"rejected, {dt:.2f} s);  ratio build / decode-only {ratios[jobs][-1][0]:.2f}")
+    for jobs, rs in ratios.items():
+        r = sorted(x for x, _ in rs)
+        speed = sorted(v for _, v in rs)
+        print(f"{jobs} process(es): median ratio build / decode-only {r[len(r) // 2]:.2f} (range {r[0]:.2f}-{r[-1]:.2f}), "
+              f"median build {speed[len(speed) // 2]:.0f} samples/s" + ("   (goal < 1.5)" if jobs == 1 else ""))
+    s1 = sorted(v for _, v in ratios[1])
+    s2 = sorted(v for _, v in ratios[2])
+    print(f"scaling of the build, 2 processes vs 1 (medians): {s2[len(s2) // 2] / s1[len(s1) // 2]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from .prepare import (
     sample_window,
     source_landmarks_3d,
 )
-from .runner import BuildLock, Unit, fingerprint, run_units
+from .runner import BuildLock, Unit, fingerprint, keep_freed_memory, run_units
 
 
 class BuildError(RuntimeError):
@@ -318,6 +318,7 @@ def prepare_shard(payload) -> dict:
     from .shards import ShardWriter, write_shard
 
     cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
+    keep_freed_memory()  # large blocks reused, not fresh pages per image (see its docstring)
     reader, items, lm_model, config, out, attrs, fit_file = payload
     fits = _load_fits(fit_file) if fit_file else None
     S = config.crop_size

@@ -338,3 +338,37 @@ def _call(work, name, payload):
         except Exception:
             e = RuntimeError(f"{type(e).__name__}: {e}")
         return name, None, e
+
+
+#: glibc mallopt parameters (malloc.h) and the values a worker uses.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_WORKER_MMAP_THRESHOLD = 64 << 20
+_WORKER_TRIM_THRESHOLD = 128 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's glibc ``malloc`` serve blocks up to 64 MiB from its
+    heap and keep up to 128 MiB of freed memory for reuse, instead of mapping
+    fresh pages for every large block and handing them back on ``free``.
+
+    Why: a worker decodes one 600 KB image after another (OpenCV allocates
+    each output) and HDF5 allocates a buffer per compressed chunk.  By
+    default every such block over the adaptive threshold is a new ``mmap``,
+    and first-touching fresh pages cost about 3 us per 4 KiB page on this
+    project's VMs: measured, that alone doubled the JPEG decode time
+    (1,900 -> 930 images/s in one process).  The cost is resident memory
+    that stays with the worker (at most the trim threshold above its peak).
+    Returns False where there is no glibc (macOS, Windows, musl): nothing
+    changes there.  Called by the build's workers; idempotent.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD,
+                                                                                     _WORKER_TRIM_THRESHOLD))

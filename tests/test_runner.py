@@ -71,3 +71,37 @@ def test_second_build_on_one_folder_is_refused(tmp_path):
         p.join()
     with BuildLock(BuildLayout(tmp_path)):  # free again
         pass
+
+
+def test_keep_freed_memory_serves_large_blocks_from_the_heap():
+    """After keep_freed_memory() a 4 MiB block comes from glibc's heap (the
+    [heap] mapping), not from a fresh mmap as it does by default (checked
+    in a child process, whose allocator we may change)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc malloc tuning applies on Linux only")
+    probe = r"""
+import sys
+import numpy as np
+from dhm_data.runner import keep_freed_memory
+
+def in_heap(a):
+    addr = a.ctypes.data
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return True
+    return False
+
+before = in_heap(np.empty(4 << 20, np.uint8))
+ok = keep_freed_memory()
+after = in_heap(np.empty(4 << 20, np.uint8))
+print(before, ok, after)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    if out[1] == "False":
+        pytest.skip("no glibc mallopt here (musl?)")
+    assert out == ["False", "True", "True"]
