@@ -30,6 +30,7 @@ sample *carries* are always its own file's labels.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -71,31 +72,36 @@ class Reader(DatasetReader):
 
     def items(self) -> list[Item]:
         out = []
+        listed = {}  # folder -> names of its regular files (one directory scan each)
+
+        def files_in(folder: Path) -> set:
+            if folder not in listed:
+                try:
+                    with os.scandir(folder) as it:
+                        listed[folder] = {e.name for e in it if e.is_file()}
+                except (FileNotFoundError, NotADirectoryError):
+                    listed[folder] = set()
+            return listed[folder]
+
         for base in SUBSETS:
             for subset, flipped in ((base, False), (base + "_Flip", True)):
                 d = self.root / subset
                 if not d.is_dir():
                     continue
                 stems = sorted({p.stem for p in d.iterdir() if p.suffix.lower() in (".jpg", ".mat")})
+                lm_folders = [self.root / "landmarks" / f for f in dict.fromkeys((subset, base))]
                 for stem in stems:
                     m = _STEP.match(stem)
                     source = f"{base}/{m.group('source') if m else stem}"
                     paths = [d / f"{stem}.jpg", d / f"{stem}.mat"]
-                    lm = self._landmark_file(subset, stem)
+                    lm_name = f"{stem}_pts.mat"
+                    lm = next((f / lm_name for f in lm_folders if lm_name in files_in(f)), None)
                     if lm is not None:
                         paths.append(lm)
                     if flipped:
                         paths.append(self.root / base / f"{stem}.mat")
                     out.append(Item(f"{subset}/{stem}", subset, tuple(paths), flipped, source))
         return out
-
-    def _landmark_file(self, subset: str, stem: str) -> Path | None:
-        base = subset.removesuffix("_Flip")
-        for folder in dict.fromkeys((subset, base)):
-            p = self.root / "landmarks" / folder / f"{stem}_pts.mat"
-            if p.is_file():
-                return p
-        return None
 
     def load(self, item: Item) -> Sample:
         # items() lists [image, labels, (landmarks file), (a mirror's original labels)]
