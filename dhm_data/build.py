@@ -313,7 +313,7 @@ def prepare_shard(payload) -> dict:
     import cv2
 
     from .crop import extract_crop
-    from .dhm import render_dhm_quantised
+    from .dhm import QuantisedDHMBlocks
     from .imageio import decode_rgb
     from .shards import ShardWriter, write_shard
 
@@ -337,6 +337,7 @@ def prepare_shard(payload) -> dict:
         return _shard_result(rows, rejections, sources)
     images = np.empty((min(BLOCK_SIZE, len(planned)), S, S, 3), np.uint8)
     dhms = np.zeros_like(images)
+    renderer = QuantisedDHMBlocks(S, config.sigma)
     with ShardWriter(out, len(planned), S, storage=storage) as writer:
         for start in range(0, len(planned), BLOCK_SIZE):
             dhms.fill(0)
@@ -348,12 +349,11 @@ def prepare_shard(payload) -> dict:
                     rejections.append((p.index, _rejection(p.item, e)))
                     continue
                 extract_crop(image, p.window, S, out=images[b])
-                row = prepare_row(p.sample, p.affine, p.landmarks_3d, p.label_source, p.residual, p.converged)
-                render_dhm_quantised(row["landmarks_3d"], S, config.sigma, out=dhms[b])
-                rows.append(row)
+                rows.append(prepare_row(p.sample, p.affine, p.landmarks_3d, p.label_source, p.residual, p.converged))
                 sources[p.sample.landmark_source] += 1
                 b += 1
-            if b:
+            if b:  # DHMs from the stored (float32) crop landmarks, so a re-render from the shard matches
+                renderer.render(np.stack([r["landmarks_3d"] for r in rows[-b:]]), dhms[:b])
                 writer.append(image=images[:b], dhm=dhms[:b])
         writer.finish(_stack(rows), dict(attrs, n_samples=len(rows), n_rejected=len(rejections)))
     return _shard_result(rows, rejections, sources)

@@ -102,59 +102,84 @@ def dhm_pixels(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0):
 _RGB_BYTES = np.dtype((np.void, 3))
 
 
-def render_dhm_quantised(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0,
-                         out: np.ndarray | None = None) -> np.ndarray:
-    """The stored form of the DHM: exactly
+class QuantisedDHMBlocks:
+    """Renders the stored form of many samples' DHMs: for each sample exactly
     ``schema.quantise(render_dhm(landmarks_3d, size, sigma))``, ``(size, size,
-    3)`` uint8, written into ``out`` when given (which must be all zeros: only
-    non-zero pixels are written).
+    3)`` uint8, with the numpy calls paid once per group of ``group`` samples.
 
-    Faster because a pixel whose weight quantises to 0 for every value in
-    [0, 1] (``255 w < 0.49``, i.e. farther than ``sigma sqrt(2 ln(255/0.49))``
-    = 3.54 sigma from its landmark) is dropped before the overlap rule: any
-    landmark that would win such a pixel is at least as far, so it is 0 in the
-    quantised map either way.  The rest are sorted once on (pixel, distance),
-    stable in landmark order, and the first entry of each pixel wins.
+    A pixel whose weight quantises to 0 for every value in [0, 1] (``255 w <
+    0.49``, i.e. farther than ``sigma sqrt(2 ln(255/0.49))`` = 3.54 sigma
+    from its landmark) is dropped before the overlap rule: any landmark that
+    would win such a pixel is at least as far, so it is 0 in the quantised
+    map either way.  The overlap rule runs on a per-pixel depth buffer instead of a sort:
+    ``np.minimum.at`` keeps each pixel's smallest squared distance, the
+    entries equal to it win, and a second buffer keeps the lowest landmark
+    index among exact ties.  Both buffers (``group * size * size`` float64
+    and int32) live as long as the renderer, start at +inf / INT32_MAX and
+    are reset only where a group touched them.  Groups of 8 measured fastest
+    (131 us per 224x224 sample against 188 one at a time; groups of 32, whose
+    buffers no longer stay in cache, 290).
     """
-    from .schema import QUANT_LEVELS
 
-    if out is None:
-        out = np.zeros((size, size, 3), np.uint8)
-    P = np.asarray(landmarks_3d, np.float64)
-    valid = np.isfinite(P).all(axis=1)
-    if not valid.all():
-        if not valid.any():
-            return out
-        P = P[valid]
-    lo = P.min(axis=0)
-    span = P.max(axis=0) - lo
-    values = (P - lo) / np.where(span > 0, span, np.inf)       # normalise_coordinates, no NaN left here
-    radius = max(1, math.ceil(4 * sigma))
-    D = 2 * radius + 1
-    offs = np.arange(-radius, radius + 1)
-    c = np.rint(P[:, :2]).astype(np.int64)
-    gx = c[:, 0, None] + offs                                   # (L, D) pixel columns of each window
-    gy = c[:, 1, None] + offs                                   # (L, D) pixel rows
-    dx2 = (gx - P[:, 0, None]) ** 2
-    dy2 = (gy - P[:, 1, None]) ** 2
-    dx2[(gx < 0) | (gx >= size)] = np.inf                       # outside the crop: never drawn
-    dy2[(gy < 0) | (gy >= size)] = np.inf
-    d2 = (dy2[:, :, None] + dx2[:, None, :]).reshape(-1)        # (L*D*D,) in landmark order
-    sel = np.flatnonzero(d2 <= 2.0 * sigma * sigma * math.log(QUANT_LEVELS / 0.49))
-    lm, ij = np.divmod(sel, D * D)
-    row, col = np.divmod(ij, D)
-    flat = np.take(gy.reshape(-1), lm * D + row) * size + np.take(gx.reshape(-1), lm * D + col)
-    d2 = np.take(d2, sel)
-    # d2 < 2 (radius + 1)^2 inside a window, so the key orders by pixel, then distance
-    order = np.argsort(flat * (4.0 * (radius + 1) ** 2) + d2, kind="stable")
-    ordered = np.take(flat, order)
-    first = np.ones(len(order), bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    win = order[first]
-    w = np.exp(np.take(d2, win) * (-0.5 / (sigma * sigma)))
-    q = np.empty((len(win), 3), np.float32)                     # float32(w v) as render_dhm stores it
-    np.multiply(np.take(values, np.take(lm, win), axis=0), w[:, None], out=q, casting="same_kind")
-    q *= np.float32(QUANT_LEVELS)                               # then schema.quantise: rint(255 v)
-    np.rint(q, out=q)
-    out.reshape(-1, 3).view(_RGB_BYTES)[np.take(flat, win), 0] = q.astype(np.uint8).view(_RGB_BYTES)[:, 0]
-    return out
+    def __init__(self, size: int, sigma: float = 1.0, group: int = 8):
+        from .schema import QUANT_LEVELS
+
+        self.size, self.sigma, self.group = int(size), float(sigma), int(group)
+        self.radius = max(1, math.ceil(4 * self.sigma))
+        self.offsets = np.arange(-self.radius, self.radius + 1)
+        self.cutoff = 2.0 * self.sigma * self.sigma * math.log(QUANT_LEVELS / 0.49)
+        self._best = np.full(self.group * self.size * self.size, np.inf)
+        self._owner = np.full(self.group * self.size * self.size, np.iinfo(np.int32).max, np.int32)
+
+    def render(self, landmarks_3d: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``landmarks_3d`` ``(B, L, 3)`` (x, y crop pixels, z any unit; NaN
+        rows left out); ``out`` ``(B, size, size, 3)`` uint8, all zeros (only
+        non-zero pixels are written).  Returns ``out``."""
+        P = np.asarray(landmarks_3d, np.float64)
+        if P.ndim != 3 or P.shape[2] != 3 or out.shape != (len(P), self.size, self.size, 3) or out.dtype != np.uint8:
+            raise ValueError(f"expected (B, L, 3) landmarks and a (B, {self.size}, {self.size}, 3) uint8 out, "
+                             f"found {P.shape} and {out.shape} {out.dtype}")
+        for i in range(0, len(P), self.group):
+            self._render_group(P[i:i + self.group], out[i:i + self.group])
+        return out
+
+    def _render_group(self, P: np.ndarray, out: np.ndarray) -> None:
+        from .schema import QUANT_LEVELS
+
+        b, L = P.shape[:2]
+        S, D = self.size, len(self.offsets)
+        valid = np.isfinite(P).all(axis=2)                                   # (b, L)
+        lo = np.where(valid[..., None], P, np.inf).min(axis=1, keepdims=True)
+        span = np.where(valid[..., None], P, -np.inf).max(axis=1, keepdims=True) - lo
+        values = (P - lo) / np.where(span > 0, span, np.inf)                 # (b, L, 3); NaN rows unused
+        c = np.rint(np.where(valid[..., None], P[..., :2], -4.0 * S)).astype(np.int64)
+        gx = c[..., 0, None] + self.offsets                                  # (b, L, D)
+        gy = c[..., 1, None] + self.offsets
+        dx2 = (gx - P[..., 0, None]) ** 2
+        dy2 = (gy - P[..., 1, None]) ** 2
+        dx2[(gx < 0) | (gx >= S) | ~valid[..., None]] = np.inf
+        dy2[(gy < 0) | (gy >= S) | ~valid[..., None]] = np.inf
+        d2 = (dy2[..., :, None] + dx2[..., None, :]).reshape(-1)             # (b*L*D*D,)
+        sel = np.flatnonzero(d2 <= self.cutoff)
+        lm_global, ij = np.divmod(sel, D * D)                                # sample * L + landmark
+        row, col = np.divmod(ij, D)
+        sample = lm_global // L
+        pixel = (sample * S + np.take(gy.reshape(-1), lm_global * D + row)) * S \
+            + np.take(gx.reshape(-1), lm_global * D + col)                   # into (b, S, S) flattened
+        d2 = np.take(d2, sel)
+        best, owner = self._best, self._owner
+        np.minimum.at(best, pixel, d2)
+        nearest = d2 == np.take(best, pixel)
+        best[pixel] = np.inf
+        pixel, d2, lm_global = pixel[nearest], d2[nearest], lm_global[nearest]
+        lm32 = lm_global.astype(np.int32)
+        np.minimum.at(owner, pixel, lm32)                                    # exact ties: lowest index
+        first = lm32 == np.take(owner, pixel)
+        owner[pixel] = np.iinfo(np.int32).max
+        pixel, d2, lm_global = pixel[first], d2[first], lm_global[first]
+        w = np.exp(d2 * (-0.5 / (self.sigma * self.sigma)))
+        q = np.empty((len(pixel), 3), np.float32)                            # float32(w v) as render_dhm stores it
+        np.multiply(np.take(values.reshape(-1, 3), lm_global, axis=0), w[:, None], out=q, casting="same_kind")
+        q *= np.float32(QUANT_LEVELS)                                        # then schema.quantise: rint(255 v)
+        np.rint(q, out=q)
+        out.reshape(-1, 3).view(_RGB_BYTES)[pixel, 0] = q.astype(np.uint8).view(_RGB_BYTES)[:, 0]

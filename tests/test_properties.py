@@ -246,24 +246,27 @@ def test_dhm_random_points_with_missing_and_outside(seed, size, sigma, n):
 
 
 @SETTINGS
-@given(seed=seeds, size=st.integers(8, 96), sigma=st.floats(0.3, 3.0), n=st.integers(1, 68),
+@given(seed=seeds, size=st.integers(8, 64), sigma=st.floats(0.3, 3.0), n=st.integers(1, 68), b=st.integers(1, 5),
        grid=st.booleans())
-def test_quantised_dhm_equals_quantising_the_float_dhm(seed, size, sigma, n, grid):
-    """The build's direct uint8 renderer is bit-identical to schema.quantise of
-    render_dhm, also with ties (points on a half-pixel grid), coincident
-    points, NaN rows and points outside the crop."""
-    from dhm_data.dhm import render_dhm_quantised
+def test_block_renderer_equals_the_single_sample_renderer(seed, size, sigma, n, b, grid):
+    """QuantisedDHMBlocks gives each sample of a block exactly
+    quantise(render_dhm(...)), with ties, NaN rows, all-NaN samples and
+    points outside the crop; its scratch buffers are clean for the next block."""
+    from dhm_data.dhm import QuantisedDHMBlocks
     from dhm_data.schema import quantise
 
     rng = np.random.default_rng(seed)
-    P = np.c_[rng.uniform(-6, size + 6, (n, 2)), rng.normal(0, 50, n)]
-    if grid:
-        P[:, :2] = np.round(P[:, :2] * 2) / 2                          # equidistant pixels: ties
-    if n > 3:
-        P[2] = P[1]                                                    # coincident pair
-        P[rng.random(n) < 0.1] = np.nan
-    want = quantise(render_dhm(P, size, sigma))
-    out = np.zeros((size, size, 3), np.uint8)
-    got = render_dhm_quantised(P, size, sigma, out=out)
-    assert got is out
-    np.testing.assert_array_equal(got, want)
+    renderer = QuantisedDHMBlocks(size, sigma, group=2)  # blocks of up to 5: groups of 2, 2, 1
+    for _ in range(2):                                                 # twice: the buffers were reset
+        P = np.concatenate([rng.uniform(-6, size + 6, (b, n, 2)), rng.normal(0, 50, (b, n, 1))], axis=2)
+        if grid:
+            P[..., :2] = np.round(P[..., :2] * 2) / 2
+        if n > 3:
+            P[:, 2] = P[:, 1]
+            P[rng.random((b, n)) < 0.1] = np.nan
+        if b > 2:
+            P[1] = np.nan
+        out = np.zeros((b, size, size, 3), np.uint8)
+        assert renderer.render(P, out) is out
+        for k in range(b):
+            np.testing.assert_array_equal(out[k], quantise(render_dhm(P[k], size, sigma)), err_msg=f"sample {k}")
