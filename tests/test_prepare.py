@@ -49,3 +49,22 @@ def test_a_sample_with_neither_landmarks_nor_parameters_is_rejected(lm_model):
     bare = Sample(name="x", subset="s", image_path=None, landmarks_2d=np.zeros((68, 2)), image_size=(10, 10))
     with pytest.raises(PrepareError, match="no 3D landmarks and no 3DMM parameters"):
         source_landmarks_3d([bare], lm_model)
+
+
+def test_reconstruct_batched_and_strided_bases_equal_the_definition(lm_model):
+    """S = mean + sum_k a_k B[:, :, k] (+ expressions), for one vector, a batch,
+    and a basis that is not C-contiguous (the einsum path)."""
+    import dataclasses
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1e4, (4, 2, lm_model.n_identity))
+    b = rng.normal(0, 1, (4, 2, lm_model.n_expression))
+    want = lm_model.mean + np.stack([[
+        sum(a[i, j, k] * lm_model.identity_basis[:, :, k] for k in range(lm_model.n_identity))
+        + sum(b[i, j, e] * lm_model.expression_basis[:, :, e] for e in range(lm_model.n_expression))
+        for j in range(2)] for i in range(4)])
+    np.testing.assert_allclose(lm_model.reconstruct(a, b), want, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(lm_model.reconstruct(a[1, 0], b[1, 0]), want[1, 0], rtol=1e-9, atol=1e-6)
+    strided = dataclasses.replace(lm_model, identity_basis=np.asfortranarray(lm_model.identity_basis))
+    assert not strided.identity_basis.flags.c_contiguous
+    np.testing.assert_allclose(strided.reconstruct(a, b), want, rtol=1e-9, atol=1e-6)
