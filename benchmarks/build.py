@@ -22,7 +22,7 @@ import numpy as np
 
 from dhm_data.build import BuildRequest, run_build
 from dhm_data.runner import keep_freed_memory
-from dhm_data.synth import synthesize
+from _trees import synthetic_300wlp
 
 
 def decode_all(paths, flags=cv2.IMREAD_COLOR):
@@ -58,12 +58,7 @@ def main():
     args = ap.parse_args()
     cv2.setNumThreads(1)
     keep_freed_memory()  # as the build's workers do: without it a decode maps fresh pages per image
-    raw = args.work / "raw"
-    if not (raw / "SYNTHETIC.json").exists() and not (raw / "300W_LP").exists():
-        shutil.rmtree(raw, ignore_errors=True)
-        t = time.perf_counter()
-        synthesize("300wlp", raw, args.n, seed=0)
-        print(f"generated synthetic 300W-LP ({args.n} + mirrors) in {time.perf_counter() - t:.1f} s")
+    raw = synthetic_300wlp(args.work / "raw", args.n)
     jpgs = sorted(raw.rglob("*.jpg"))
     n = len(jpgs)
     decode_all(jpgs[:200])  # warm the page cache and the decoder

@@ -15,7 +15,6 @@ allocator setting.  The second of two passes is reported (warm caches).
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from dhm_data.imageio import decode_rgb
 from dhm_data.prepare import PrepareConfig, prepare_row, source_landmarks_3d
 from dhm_data.runner import keep_freed_memory
 from dhm_data.shards import ShardWriter
-from dhm_data.synth import synthesize
+from _trees import synthetic_300wlp
 
 
 def one_shard(reader, items, model, config, out: Path, T: dict) -> None:
@@ -85,10 +84,7 @@ def main():
     args = ap.parse_args()
     cv2.setNumThreads(1)
     keep_freed_memory()
-    raw = args.work / "raw"
-    if not (raw / "SYNTHETIC.json").exists():
-        shutil.rmtree(raw, ignore_errors=True)
-        synthesize("300wlp", raw, max(args.n, 1000), seed=0)
+    raw = synthetic_300wlp(args.work / "raw", max(args.n, 1000))
     cfg, reader, items, *_ = plan(BuildRequest("300wlp", raw, args.work / "phases"))
     model = resolve_model(None, reader).landmark_model()
     config = PrepareConfig.from_pipeline(cfg)

@@ -41,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+from _trees import synthetic_300wlp
+
 
 REAL_NON_FLIPPED = 61_225          # IBUG 1,786 + AFW 5,207 + LFPW 16,556 + HELEN 37,676
 REAL_TOTAL = 2 * REAL_NON_FLIPPED  # with the _Flip mirrors: 122,450
@@ -142,16 +144,8 @@ def loader_rate(split_dir: Path, workers: int, max_batches: int = 200) -> float:
 
 
 def run(fraction: float, work: Path, jobs: int) -> dict:
-    from dhm_data.synth import synthesize
-
     n = max(4, round(REAL_NON_FLIPPED * fraction))
-    raw = work / f"raw-{n}"
-    if not (raw / "SYNTHETIC.json").exists():
-        shutil.rmtree(raw, ignore_errors=True)
-        t = time.perf_counter()
-        synthesize("300wlp", raw, n, seed=0)
-        print(f"[{fraction:g}] synthesised {2 * n:,} samples ({n:,} + mirrors) in {time.perf_counter() - t:.1f} s",
-              flush=True)
+    raw = synthetic_300wlp(work / f"raw-{n}", n, tag=f"[{fraction:g}] ")
     out = work / f"build-{n}"
     r = build(raw, out, jobs)
     shard_bytes = folder_bytes(out, "shard-*.h5")

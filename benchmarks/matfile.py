@@ -20,14 +20,13 @@ scipy / load_mat.  Figures vary with the machine; compare the ratios.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 import scipy.io
 
 from dhm_data.datasets.matfile import load_mat
-from dhm_data.synth import synthesize
+from _trees import synthetic_300wlp
 
 LABELS = ("Pose_Para", "Shape_Para", "Exp_Para")
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -56,12 +55,7 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/dhm-bench-matfile"))
     ap.add_argument("--rounds", type=int, default=5, help="passes over the files; the best is reported")
     args = ap.parse_args()
-    raw = args.work / "raw"
-    if not (raw / "SYNTHETIC.json").exists() and not (raw / "300W_LP").exists():
-        shutil.rmtree(raw, ignore_errors=True)
-        t = time.perf_counter()
-        synthesize("300wlp", raw, args.n, seed=0)
-        print(f"generated synthetic 300W-LP ({args.n} + mirrors) in {time.perf_counter() - t:.1f} s")
+    raw = synthetic_300wlp(args.work / "raw", args.n)
     mats = sorted(raw.rglob("*.mat"))
     pts = [p for p in mats if p.name.endswith("_pts.mat")]
     labels = [p for p in mats if not p.name.endswith("_pts.mat")]
