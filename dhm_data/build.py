@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, atomic
+from .crop import CropWindow
 from .datasets import DatasetError, get_reader
-from .datasets.base import DatasetReader
+from .datasets.base import DatasetReader, Item, Sample
 from .expected import assign_split, check_counts, load_manifest
 from .layout import BuildLayout
 from .morphable import MorphableModel
@@ -182,7 +183,6 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
     """Run (or resume) the fit units; returns ({(split, shard index): fits
     file}, summary of the fits)."""
     from .fit_stage import fit_shard, fit_units, load_landmarks_3d
-
     from .fitting import FitConfig
 
     unknown = sorted(set(cfg.get("fit", {})) - set(FitConfig.__dataclass_fields__))
@@ -291,11 +291,11 @@ BLOCK_SIZE = 32
 class _Planned:
     """A sample whose labels passed every check, ready for its pixels."""
 
-    index: int
-    item: object
-    sample: object
-    window: object
-    affine: np.ndarray
+    index: int  # position in the shard's item list (rejections are reported in that order)
+    item: Item
+    sample: Sample
+    window: CropWindow
+    affine: np.ndarray  # 2x3 source -> crop
     landmarks_3d: np.ndarray | None  # source pixels; posed for the whole shard at once
     label_source: str
     residual: float

@@ -62,11 +62,18 @@ def _round(v: float) -> int:
     return int(np.floor(v + 0.5))
 
 
-def crop_window(landmarks: np.ndarray, size: int, margin: float, max_reduction: int = 8) -> CropWindow:
-    """The snapped square window of the crop rule (module docstring)."""
+def _square(landmarks: np.ndarray, margin: float) -> tuple[float, float, float]:
+    """Centre x, y and side ``(1 + margin) * max(w, h)`` of the square around the landmark box."""
     box = landmark_box(landmarks)
     cx, cy = (box[:2] + box[2:]) / 2.0
-    s = (1.0 + margin) * float(np.max(box[2:] - box[:2]))
+    return float(cx), float(cy), (1.0 + margin) * float(np.max(box[2:] - box[:2]))
+
+
+def crop_window(landmarks: np.ndarray, size: int, margin: float, max_reduction: int = 8) -> CropWindow:
+    """The snapped square window of the crop rule (module docstring); ``r``
+    is the largest JPEG reduction up to ``max_reduction`` that leaves at least
+    one decoded pixel per crop pixel."""
+    cx, cy, s = _square(landmarks, margin)
     r = 1
     while r * 2 <= max_reduction and s >= r * 2 * size:
         r *= 2
@@ -85,6 +92,17 @@ def crop_affine(landmarks: np.ndarray, size: int, margin: float, max_reduction: 
     return window_affine(crop_window(landmarks, size, margin, max_reduction), size)
 
 
+def unsnapped_crop_affine(points: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """The crop rule's square *before* snapping, as a 2x3 affine: the box
+    centre maps to ``(size - 1) / 2`` exactly.  For points that are not image
+    pixels (a model's mean shape in its own units), where whole-pixel
+    snapping would be meaningless."""
+    cx, cy, s = _square(points, margin)
+    k = size / s
+    x0, y0 = cx - s / 2.0, cy - s / 2.0  # the square's top-left edge
+    return np.array([[k, 0.0, -k * x0 - 0.5], [0.0, k, -k * y0 - 0.5]])
+
+
 def apply_affine(A: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map ``(..., N, 2+)`` points with the 2x3 affine; extra columns (z) are
     scaled by the affine's scale so depth stays in crop-pixel units."""
@@ -99,16 +117,6 @@ def apply_affine(A: np.ndarray, points: np.ndarray) -> np.ndarray:
 def invert_affine(A: np.ndarray) -> np.ndarray:
     """The inverse 2x3 affine (crop -> source)."""
     return cv2.invertAffineTransform(np.asarray(A, np.float64))
-
-
-def choose_reduction(A: np.ndarray, max_reduction: int = 8) -> int:
-    """Largest JPEG DCT reduction r in {1, 2, 4, 8} that still leaves at least
-    one decoded pixel per crop pixel (scale k = crop/source <= 1/r)."""
-    k = float(np.sqrt(abs(np.linalg.det(A[:, :2]))))
-    r = 1
-    while r * 2 <= max_reduction and k * (r * 2) <= 1.0 + 1e-12:
-        r *= 2
-    return r
 
 
 def affine_for_reduced(A: np.ndarray, r: int) -> np.ndarray:

@@ -81,13 +81,15 @@ def dhm_pixels(landmarks_3d: np.ndarray, size: int, sigma: float = 1.0):
     # Equal sigmas: the largest weight is the nearest centre.  Only landmarks
     # whose patches overlap another's can lose a pixel; among their entries a
     # stable sort on (pixel, distance) puts the nearest landmark first (ties:
-    # the lower index, as entries are laid out in landmark order).
+    # the lower index, as entries are laid out in landmark order).  Two keys,
+    # not one combined float: a combined key rounds away distance differences
+    # below ~1e-9 px^2 at large pixel indices.
     gap = np.maximum(np.abs(c[:, 0, None] - c[None, :, 0]), np.abs(c[:, 1, None] - c[None, :, 1]))
     np.fill_diagonal(gap, 2 * D)
     crowded = (gap < D).any(axis=1)
     if crowded.any():
         sel = np.flatnonzero(crowded[lm])
-        sel = sel[np.argsort(flat[sel] * (2.0 * (radius + 1) ** 2) + d2[sel], kind="stable")]
+        sel = sel[np.lexsort((d2[sel], flat[sel]))]
         lose = np.zeros(len(sel), bool)
         lose[1:] = flat[sel[1:]] == flat[sel[:-1]]
         if lose.any():
@@ -151,7 +153,8 @@ class QuantisedDHMBlocks:
         valid = np.isfinite(P).all(axis=2)                                   # (b, L)
         lo = np.where(valid[..., None], P, np.inf).min(axis=1, keepdims=True)
         span = np.where(valid[..., None], P, -np.inf).max(axis=1, keepdims=True) - lo
-        values = (P - lo) / np.where(span > 0, span, np.inf)                 # (b, L, 3); NaN rows unused
+        with np.errstate(invalid="ignore"):  # samples without a valid row: NaN values, never drawn
+            values = (P - lo) / np.where(span > 0, span, np.inf)             # (b, L, 3)
         c = np.rint(np.where(valid[..., None], P[..., :2], -4.0 * S)).astype(np.int64)
         gx = c[..., 0, None] + self.offsets                                  # (b, L, D)
         gy = c[..., 1, None] + self.offsets

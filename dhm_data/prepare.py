@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import camera
-from .crop import CropError, CropWindow, apply_affine, crop_affine, crop_window
+from .crop import CropError, CropWindow, apply_affine, crop_window, unsnapped_crop_affine
 from .datasets.base import Sample
 from .dhm import render_dhm
 from .morphable import MorphableModel, fit_length
@@ -160,5 +160,5 @@ def mean_shape_dhm(model: MorphableModel, config: PrepareConfig) -> np.ndarray:
     mean = model.reconstruct()[: model.landmark_indices.size]
     pts = camera.model_to_image(mean, np.array([0, 0, 0, 0, 0, 0, 1.0]), 0)
     valid = np.isfinite(pts).all(axis=1)
-    A = crop_affine(pts[valid], config.crop_size, config.margin)
+    A = unsnapped_crop_affine(pts[valid], config.crop_size, config.margin)  # model units: no pixel snapping
     return render_dhm(apply_affine(A, pts), config.crop_size, config.sigma)

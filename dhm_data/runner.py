@@ -342,12 +342,12 @@ def _call(work, name, payload):
 
 #: glibc mallopt parameters (malloc.h) and the values a worker uses.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_WORKER_MMAP_THRESHOLD = 64 << 20
+_WORKER_MMAP_THRESHOLD = 32 << 20  # glibc rejects more than HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
 _WORKER_TRIM_THRESHOLD = 128 << 20
 
 
 def keep_freed_memory() -> bool:
-    """Make this process's glibc ``malloc`` serve blocks up to 64 MiB from its
+    """Make this process's glibc ``malloc`` serve blocks up to 32 MiB from its
     heap and keep up to 128 MiB of freed memory for reuse, instead of mapping
     fresh pages for every large block and handing them back on ``free``.
 
@@ -358,8 +358,11 @@ def keep_freed_memory() -> bool:
     project's VMs: measured, that alone doubled the JPEG decode time
     (1,900 -> 930 images/s in one process).  The cost is resident memory
     that stays with the worker (at most the trim threshold above its peak).
-    Returns False where there is no glibc (macOS, Windows, musl): nothing
-    changes there.  Called by the build's workers; idempotent.
+    Returns False where there is no glibc (macOS, Windows, musl) or it
+    refuses a setting.  Called by the build's workers; idempotent.  It is a
+    process-wide setting: a build with one job runs in the calling process
+    (the CLI, or your Python session when you call ``run_build``), which
+    keeps the setting afterwards.
     """
     import ctypes
     import ctypes.util
@@ -370,5 +373,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                                     _WORKER_TRIM_THRESHOLD))
+    mapped = bool(mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD))
+    trimmed = bool(mallopt(_M_TRIM_THRESHOLD, _WORKER_TRIM_THRESHOLD))
+    return mapped and trimmed

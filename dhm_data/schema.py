@@ -37,7 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Bumped whenever a field is added, removed or changes meaning/storage.
-SCHEMA_VERSION = 1
+#: 2: the sha256 of the pixel fields covers their CRC32 column (``sha256_of``).
+SCHEMA_VERSION = 2
+#: Versions this code reads and verifies (a v1 shard's digests cover bytes).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 RAW = "raw"
 U8Q_LZ4 = "u8q-lz4"

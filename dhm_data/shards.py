@@ -351,6 +351,8 @@ class ShardWriter:
 
     def append(self, **blocks: np.ndarray) -> None:
         """Append ``b`` samples: one ``(b, S, S, 3)`` uint8 block per pixel field."""
+        if self._h is None:
+            raise ShardSchemaError(f"{self.final_path}: append after the writer was finished or aborted")
         if set(blocks) != set(PIXEL_FIELDS):
             raise ShardSchemaError(f"{self.final_path}: append takes exactly {', '.join(PIXEL_FIELDS)}; "
                                    f"found {', '.join(sorted(blocks))}")
@@ -374,6 +376,8 @@ class ShardWriter:
     def finish(self, columns: dict, attrs: dict | None = None) -> Path:
         """Write the non-pixel ``columns`` (one row per appended sample) and
         the file attributes, fsync and rename into place; returns the path."""
+        if self._h is None:
+            raise ShardSchemaError(f"{self.final_path}: finish after the writer was finished or aborted")
         attrs = dict(attrs or {})
         columns = dict(columns)
         if set(columns) & set(PIXEL_FIELDS):
@@ -381,9 +385,11 @@ class ShardWriter:
         n = self.rows
         if self.rows < self.n_max or self.n_max == 0:
             return self._finish_smaller(columns, attrs)
-        if "n_samples" in attrs and int(attrs.pop("n_samples")) != n:
+        if "n_samples" in attrs and int(attrs["n_samples"]) != n:
             self.abort()
-            raise ShardSchemaError(f"{self.final_path}: attribute n_samples disagrees with the {n} samples appended")
+            raise ShardSchemaError(f"{self.final_path}: attribute n_samples = {attrs['n_samples']} but {n} samples "
+                                   "were appended")
+        attrs.pop("n_samples", None)
         try:
             expected = [f.name for f in FIELDS if f.name not in PIXEL_FIELDS]
             unknown = sorted(set(columns) - set(expected))
@@ -421,17 +427,27 @@ class ShardWriter:
 
     def _finish_smaller(self, columns: dict, attrs: dict) -> Path:
         """Fewer samples than opened for (some were rejected after the file
-        was sized): HDF5 cannot shrink a contiguous dataset, so the shard is
-        rewritten at its true size through :func:`write_shard`."""
+        was sized): HDF5 cannot shrink a contiguous dataset, so the rows are
+        copied block by block into a shard of the true size."""
         n = self.rows
-        try:
-            pixels = {name: self._h[name][:n] for name in PIXEL_FIELDS}
-        finally:
-            self.abort()
         if n == 0:
-            attrs = dict(attrs, dims={"S": self.size})
-            return write_shard(self.final_path, {}, attrs, storage=self.storage)
-        return write_shard(self.final_path, {**columns, **pixels}, attrs, storage=self.storage)
+            self.abort()
+            return write_shard(self.final_path, {}, dict(attrs, dims={"S": self.size}), storage=self.storage)
+        old, self._h = self._h, None
+        oversized = self.tmp.with_name(self.tmp.name + "-oversized")  # the exact shard's writer takes self.tmp
+        os.replace(self.tmp, oversized)
+        try:
+            with ShardWriter(self.final_path, n, self.size, self.storage) as exact:
+                for i in range(0, n, _COPY_BLOCK):
+                    exact.append(**{name: old[name][i:min(i + _COPY_BLOCK, n)] for name in PIXEL_FIELDS})
+                return exact.finish(columns, attrs)
+        finally:
+            old.close()
+            oversized.unlink(missing_ok=True)
+
+
+#: Samples per read when a shard is rewritten at its true size.
+_COPY_BLOCK = 32
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -494,9 +510,9 @@ def _info_from_file(path: Path, h) -> ShardInfo:
     if "schema_version" not in attrs:
         raise ShardSchemaError(f"{path}: no schema_version attribute; not a dhm-data shard")
     version = int(attrs["schema_version"])
-    if version != SCHEMA_VERSION:
-        raise ShardSchemaError(f"{path}: schema version {version}, this dhm-data reads version {SCHEMA_VERSION} "
-                               "(rebuild the shards with this version)")
+    if version not in schema.READABLE_SCHEMA_VERSIONS:
+        raise ShardSchemaError(f"{path}: schema version {version}, this dhm-data reads versions "
+                               f"{', '.join(map(str, schema.READABLE_SCHEMA_VERSIONS))} (rebuild the shards with this version)")
     n = int(attrs.get("n_samples", 0))
     info = ShardInfo(Path(path), n, version, {}, attrs)
     for f in FIELDS:
@@ -677,8 +693,9 @@ def verify_shard(path) -> dict:
         except Exception as e:  # damaged attribute heap
             raise ShardCorruptError(path, [f"{path}: file attributes unreadable ({e})"]) from e
         version = attrs.get("schema_version")
-        if version is None or int(version) != SCHEMA_VERSION:
-            raise ShardCorruptError(path, [f"{path}: schema_version expected {SCHEMA_VERSION}, found {version}"])
+        if version is None or int(version) not in schema.READABLE_SCHEMA_VERSIONS:
+            raise ShardCorruptError(path, [f"{path}: schema_version expected one of "
+                                           f"{', '.join(map(str, schema.READABLE_SCHEMA_VERSIONS))}, found {version}"])
         n = int(attrs.get("n_samples", -1))
         if n < 0:
             raise ShardCorruptError(path, [f"{path}: no n_samples attribute"])

@@ -198,6 +198,15 @@ def test_300wlp_bad_inputs(synthetic_tree, tmp_path):
     lfpw = next(n for n in names if n.startswith("LFPW/"))
     cases["v7.3 (HDF5) .mat"] = (lfpw, lambda it: write_v73(it.paths[1]), r"MATLAB v7.3 \(HDF5\)",
                                  ["LFPW_Flip/" + lfpw.split("/")[1]])
+    # a truncated .mat is called unreadable, not "key missing" (only some variables are read)
+    cases["labels .mat truncated"] = ("LFPW/LFPW_image_test_0001_1", lambda it: truncate(it.paths[1], 0.5),
+                                      r"LFPW_image_test_0001_1\.mat: cannot read as a MATLAB v5 \.mat file",
+                                      ["LFPW_Flip/LFPW_image_test_0001_1"])
+    flip_lm_own = (lm / "LFPW_Flip").is_dir()
+    cases["landmarks .mat truncated"] = ("LFPW/LFPW_image_test_0001_2",
+                                         lambda it: truncate(lm / "LFPW/LFPW_image_test_0001_2_pts.mat", 0.5),
+                                         r"_pts\.mat: cannot read as a MATLAB v5 \.mat file",
+                                         [] if flip_lm_own else ["LFPW_Flip/LFPW_image_test_0001_2"])
     reader, items = check_cases("300wlp", root, cases, tmp_path)
     # compacted zeros read as float64 zeros
     s = reader.load(items["AFW/AFW_1000000_1_0"])

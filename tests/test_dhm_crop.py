@@ -7,11 +7,11 @@ from dhm_data.crop import (
     CropWindow,
     affine_for_reduced,
     apply_affine,
-    choose_reduction,
     crop_affine,
     crop_window,
     extract_crop,
     invert_affine,
+    unsnapped_crop_affine,
     warp_crop,
     window_affine,
 )
@@ -108,9 +108,10 @@ def test_warp_crop_samples_at_the_affine():
 
 
 def test_reduced_decode_affine_composition():
-    A = crop_affine(np.array([[0.0, 0.0], [900.0, 900.0]]), 224, 0.0)
-    r = choose_reduction(A)
+    box = np.array([[0.0, 0.0], [900.0, 900.0]])
+    r = crop_window(box, 224, 0.0).r
     assert r == 4  # 900 px of face into 224: k ~ 0.249 -> 4x reduction leaves >= 1 px per crop px
+    A = crop_affine(box, 224, 0.0)
     Ar = affine_for_reduced(A, r)
     p_reduced = np.array([[10.0, 20.0]])
     p_source = p_reduced * r + (r - 1) / 2
@@ -168,3 +169,29 @@ def test_image_size_reads_the_header_only_and_handles_odd_files(tmp_path):
         image_size(tmp_path / "e.jpg")
     with pytest.raises(DatasetError, match=r"f\.jpg: image file is missing"):
         image_size(tmp_path / "f.jpg")
+
+
+def test_dhm_near_tie_goes_to_the_nearer_landmark():
+    """Two landmarks 2^-16 px apart at a large pixel index: the nearer one
+    (index 1) wins its own pixel, in render_dhm and in the block renderer
+    (a single combined sort key once rounded the difference away)."""
+    from dhm_data.dhm import QuantisedDHMBlocks
+    from dhm_data.schema import quantise
+
+    P = np.array([[220 + 2.0**-16, 220.0, 0.0], [220.0, 220.0, 10.0], [10.0, 10.0, 5.0]])
+    dhm = render_dhm(P, 224, 1.0)
+    np.testing.assert_allclose(dhm[220, 220], [1.0, 1.0, 1.0], atol=1e-6)   # landmark 1: x, y max, z max, weight 1
+    out = QuantisedDHMBlocks(224, 1.0).render(P[None], np.zeros((1, 224, 224, 3), np.uint8))
+    np.testing.assert_array_equal(out[0], quantise(dhm))
+    np.testing.assert_array_equal(out[0, 220, 220], [255, 255, 255])
+
+
+def test_unsnapped_affine_centres_the_box_exactly():
+    """For points in model units (the mean-shape DHM): no whole-pixel snapping,
+    the box centre maps to (size - 1) / 2 and the longer side spans size / 1.3."""
+    pts = np.array([[-0.31, -0.52], [0.29, 0.44], [0.0, 0.1]])  # e.g. a normalised mean shape
+    A = unsnapped_crop_affine(pts, 224, 0.3)
+    c = apply_affine(A, np.array([[-0.01, -0.04]]))[0]          # the box centre
+    np.testing.assert_allclose(c, [111.5, 111.5], atol=1e-9)
+    mapped = apply_affine(A, pts)
+    np.testing.assert_allclose(np.ptp(mapped, axis=0).max(), 224 / 1.3, rtol=1e-12)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dhm_data import camera
-from dhm_data.crop import affine_for_reduced, apply_affine, choose_reduction, crop_affine, crop_window, invert_affine, warp_crop
+from dhm_data.crop import affine_for_reduced, apply_affine, crop_affine, crop_window, invert_affine, warp_crop
 from dhm_data.dhm import normalise_coordinates, render_dhm
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -133,11 +133,12 @@ def test_reduced_decode_affine_follows_the_pixel_centre_rule(seed, size, margin,
     q = rng.uniform(0, 300, (50, 2))              # reduced-image pixels
     src = r * q + (r - 1) / 2                      # their centres in source pixels
     np.testing.assert_allclose(apply_affine(affine_for_reduced(A, r), q), apply_affine(A, src), atol=1e-8)
-    # the chosen reduction never leaves fewer decoded pixels than crop pixels
-    red = choose_reduction(A)
+    # the window's reduction never leaves fewer decoded pixels than crop pixels, and is the largest such
+    red = crop_window(lm, size, margin).r
     k = math.sqrt(abs(np.linalg.det(A[:, :2])))
     assert k * red <= 1.0 + 1e-12 or red == 1  # a window of exactly r * size pixels: k r = 1 up to rounding
-    assert red == 8 or k * red * 2 > 1.0
+    s = (1 + margin) * float(np.max(np.ptp(lm, axis=0)))
+    assert red == 8 or s < 2 * red * size
 
 
 @SETTINGS

@@ -233,12 +233,13 @@ def test_verify_ok(shard):
 
 
 def test_verify_accepts_byte_digests_of_pixel_fields(shard):
-    """A shard whose image sha256 covers the bytes (``sha256_of`` absent, the
-    first layout) still verifies, and a wrong such digest is still caught."""
+    """A schema-v1 shard, whose image sha256 covers the bytes (``sha256_of``
+    absent), still reads and verifies, and a wrong such digest is still caught."""
     import hashlib
 
     path, cols = shard
     with h5py.File(path, "r+") as h:
+        h.attrs["schema_version"] = 1
         sha = hashlib.sha256(cols["image"].tobytes()).hexdigest()
         del h["image"].attrs["sha256_of"]
         h["image"].attrs["sha256"] = sha
@@ -246,6 +247,8 @@ def test_verify_accepts_byte_digests_of_pixel_fields(shard):
         checks["image"] = sha
         h.attrs["checksums"] = json.dumps(checks)
     assert verify_shard(path)["checksums"]["image"] == sha
+    assert shard_info(path).n_samples == 10
+    np.testing.assert_array_equal(read_columns(path, ["image"])["image"], cols["image"])
     with h5py.File(path, "r+") as h:
         h["image"].attrs["sha256"] = "0" * 64
     with pytest.raises(ShardCorruptError, match="'image'"):
@@ -326,9 +329,9 @@ def test_schema_version_mismatch(shard):
     path, _ = shard
     with h5py.File(path, "r+") as h:
         h.attrs["schema_version"] = 99
-    with pytest.raises(ShardSchemaError, match="schema version 99, this dhm-data reads version 1"):
+    with pytest.raises(ShardSchemaError, match="schema version 99, this dhm-data reads versions 1, 2"):
         shard_info(path)
-    with pytest.raises(ShardCorruptError, match="schema_version expected 1, found 99"):
+    with pytest.raises(ShardCorruptError, match="schema_version expected one of 1, 2, found 99"):
         verify_shard(path)
 
 
@@ -386,7 +389,41 @@ def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
     with ShardWriter(tmp_path / "e.h5", 4, 24) as w:  # every sample rejected
         w.finish({}, ATTRS)
     assert read_columns(tmp_path / "e.h5", ["image"])["image"].shape == (0, 24, 24, 3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "s.h5"]
+    with ShardWriter(tmp_path / "z.h5", 0, 24) as w:  # opened for none
+        w.finish({}, dict(ATTRS, n_samples=0))
+        with pytest.raises(ShardSchemaError, match="finish after the writer was finished"):
+            w.finish({}, ATTRS)
+        with pytest.raises(ShardSchemaError, match="append after the writer was finished"):
+            w.append(image=cols["image"], dhm=cols["dhm"])
+    assert verify_shard(tmp_path / "z.h5")["n_samples"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "s.h5", "z.h5"]
+
+
+def test_streamed_shard_rewrite_is_block_wise(tmp_path, monkeypatch):
+    """The rewrite at the true size copies in blocks (never the whole column)."""
+    from dhm_data import shards
+    from dhm_data.shards import ShardWriter
+
+    monkeypatch.setattr(shards, "_COPY_BLOCK", 4)
+    seen = []
+    real_append = ShardWriter.append
+
+    def spy(self, **blocks):
+        seen.append(len(blocks["image"]))
+        return real_append(self, **blocks)
+
+    monkeypatch.setattr(ShardWriter, "append", spy)
+    cols = make_columns(10, seed=3)
+    cols["dhm"] = schema.quantise(cols["dhm"])
+    with ShardWriter(tmp_path / "s.h5", 12, 24) as w:
+        w.append(image=cols["image"], dhm=cols["dhm"])
+        w.finish({k: v for k, v in cols.items() if k not in ("image", "dhm")}, dict(ATTRS, n_samples=10))
+    assert seen == [10, 4, 4, 2]
+    got = read_columns(tmp_path / "s.h5", ["image", "dhm"], dhm_dtype="uint8")
+    np.testing.assert_array_equal(got["image"], cols["image"])
+    np.testing.assert_array_equal(got["dhm"], cols["dhm"])
+    assert verify_shard(tmp_path / "s.h5")["n_samples"] == 10
+    assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]
 
 
 def test_streamed_shard_errors_leave_nothing(tmp_path):

@@ -282,10 +282,7 @@ def field(mat: dict, path: Path, key: str, shape: tuple, *, finite=True, allow_t
     may hold only some of the file's variables (``load_mat(variable_names=...)``):
     the error for a missing key lists every variable the file has."""
     if key not in mat:
-        try:
-            everything = load_mat(path)
-        except DatasetError:
-            everything = mat
+        everything = load_mat(path)  # a damaged file raises its own error here, not "key missing"
         present = ", ".join(k for k in everything if not k.startswith("__"))
         raise DatasetError(f"{path}: key {key!r} is missing (present: {present})")
     a = np.asarray(mat[key])
