@@ -315,7 +315,7 @@ def prepare_shard(payload) -> dict:
     from .crop import extract_crop
     from .dhm import QuantisedDHMBlocks
     from .imageio import decode_rgb
-    from .shards import ShardWriter, write_shard
+    from .shards import ShardWriter
 
     cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
     keep_freed_memory()  # large blocks reused, not fresh pages per image (see its docstring)
@@ -331,14 +331,10 @@ def prepare_shard(payload) -> dict:
     for p, lm3 in zip(planned, source_landmarks_3d([p.sample for p in planned], lm_model)):
         p.landmarks_3d = lm3
     rows, sources = [], Counter()
-    storage = {"dhm": config.dhm_storage}
-    if not planned:
-        write_shard(out, {}, dict(attrs, n_samples=0, n_rejected=len(rejections), dims={"S": S}), storage=storage)
-        return _shard_result(rows, rejections, sources)
     images = np.empty((min(BLOCK_SIZE, len(planned)), S, S, 3), np.uint8)
     dhms = np.zeros_like(images)
     renderer = QuantisedDHMBlocks(S, config.sigma)
-    with ShardWriter(out, len(planned), S, storage=storage) as writer:
+    with ShardWriter(out, len(planned), S, storage={"dhm": config.dhm_storage}) as writer:  # 0 rows: an empty shard
         for start in range(0, len(planned), BLOCK_SIZE):
             dhms.fill(0)
             b = 0
