@@ -158,7 +158,7 @@ def _cpu_seconds(pids=()):
     return total
 
 
-def loader_rate(folder, dtype, workers, epochs, copy, block_size=16, mp_context=None, repeats=None):
+def loader_rate(folder, dtype, workers, epochs, copy, block_size=16, mp_context=None, repeats=None, check_crc=False):
     """(samples/s, CPU microseconds per sample) of the best of ``repeats`` runs of
     ``epochs`` timed epochs (after one warm-up epoch that starts the workers, opens
     the files and maps their pages), each with a fresh dataset and loader, as a
@@ -167,7 +167,7 @@ def loader_rate(folder, dtype, workers, epochs, copy, block_size=16, mp_context=
     busy machine does not inflate the way it inflates wall-clock time."""
     best, cpu_best = 0.0, float("inf")
     for _ in range(repeats or REPEATS):
-        ds = ShardDataset(folder, fields=FIELDS, dhm_dtype=dtype)
+        ds = ShardDataset(folder, fields=FIELDS, dhm_dtype=dtype, check_crc=check_crc)
         with Loader(ds, batch_size=64, shuffle=True, seed=0, num_workers=workers, copy=copy,
                     block_size=block_size, mp_context=mp_context) as ld:
             ld.set_epoch(100)
@@ -282,11 +282,12 @@ def main(argv=None):
     print("(the machine may be shared), and the ratio is best loader / best paired floor.")
     print(f"{'config':56s} {'samples/s':>10s} {'floor/s':>9s} {'/floor':>7s} {'CPU us/sample':>14s}")
 
-    def measure(label, dtype, w, copy, block_size=16, mp_context=None):
+    def measure(label, dtype, w, copy, block_size=16, mp_context=None, check_crc=False):
         best, best_floor, cpu = 0.0, 0.0, float("inf")
         for _ in range(args.repeats):
             best_floor = max(best_floor, floor_rate(ds, args.epochs))
-            r, c = loader_rate(folder, dtype, w, args.epochs, copy, block_size, mp_context, repeats=1)
+            r, c = loader_rate(folder, dtype, w, args.epochs, copy, block_size, mp_context, repeats=1,
+                               check_crc=check_crc)
             best, cpu = max(best, r), min(cpu, c)
         print(f"{label:56s} {best:>10,.0f} {best_floor:>9,.0f} {best / best_floor:>7.2f} {cpu:>14,.1f}", flush=True)
 
@@ -297,6 +298,8 @@ def main(argv=None):
     measure("dhm uint8   copy=False workers=0 block_size=1 (uniform)", "uint8", 0, False, block_size=1)
     for w in (1, 2):
         measure(f"dhm uint8   copy=False workers={w} (spawn)", "uint8", w, False, mp_context="spawn")
+    for dtype, w in (("uint8", 0), ("float32", 0), ("uint8", 2)):
+        measure(f"dhm {dtype:7s} copy=False workers={w} check_crc=True", dtype, w, False, check_crc=True)
     if tmp is not None:
         tmp.cleanup()
 
