@@ -29,37 +29,21 @@ if _RGB_FLAG is not None:
 
 
 def read_image_bytes(path, limit: int | None = None) -> bytes:
-    """The bytes of the image file ``path`` (at most ``limit``): one
-    non-blocking open (a FIFO cannot hang the build) and one ``fstat``; a
-    missing file, a directory, a broken symlink, anything not a regular file
-    raises :class:`DatasetError` saying which."""
-    import os
-    import stat
-
-    from .datasets.base import require_file
+    """The bytes of the image file ``path`` (at most ``limit``), through
+    :func:`~dhm_data.datasets.base.read_regular_file` (a FIFO cannot hang the
+    build); a missing file, a directory, a broken symlink, anything not a
+    regular file raises :class:`DatasetError` saying which."""
+    from .datasets.base import read_regular_file, require_file
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        data = read_regular_file(path, limit)
     except OSError as e:
         require_file(Path(path), "image file")
-        raise DatasetError(f"{path}: cannot open image ({e})") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            require_file(Path(path), "image file")
-        n = st.st_size if limit is None else min(limit, st.st_size)
-        chunks, got = [], 0
-        while got < n:
-            b = os.read(fd, n - got)
-            if not b:
-                break
-            chunks.append(b)
-            got += len(b)
-        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-    except OSError as e:
         raise DatasetError(f"{path}: cannot read image ({e})") from e
-    finally:
-        os.close(fd)
+    if data is None:
+        require_file(Path(path), "image file")
+        raise DatasetError(f"{path}: image file is not a regular file")
+    return data
 
 
 #: Bytes read for the header; a JPEG's start-of-frame comes after its tables,

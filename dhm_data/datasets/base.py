@@ -43,6 +43,33 @@ def path_problem(path: Path) -> str | None:
     return None
 
 
+def read_regular_file(path, limit: int | None = None, max_size: int | None = None) -> bytes | None:
+    """Up to ``limit`` bytes (default: all) of ``path``, or None when it is
+    not a regular file or is larger than ``max_size``.  One non-blocking open
+    (a FIFO cannot hang the caller) and one ``fstat``; ``OSError`` from the
+    open or the read propagates (callers turn it into a :class:`DatasetError`
+    with :func:`require_file`)."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (max_size is not None and st.st_size > max_size):
+            return None
+        n = st.st_size if limit is None else min(limit, st.st_size)
+        chunks, got = [], 0
+        while got < n:
+            b = os.read(fd, n - got)
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def require_file(path: Path, what: str, context: str = "") -> None:
     """Raise :class:`DatasetError` ``"<path>: <what> is missing<context>"`` (or
     names the symlink loop, broken symlink or directory found instead)."""

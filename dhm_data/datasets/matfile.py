@@ -48,8 +48,6 @@ reported here as a :class:`DatasetError` instead.
 
 from __future__ import annotations
 
-import os
-import stat
 import struct
 import zlib
 from pathlib import Path
@@ -57,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from .base import DatasetError, require_file
+from .base import DatasetError, read_regular_file, require_file
 
 __all__ = ["field", "labelled_parameters", "load_mat"]
 
@@ -212,21 +210,6 @@ def _parse_v5(data: bytes, names):
     return out
 
 
-def _read_regular_file(path: Path) -> bytes | None:
-    """The bytes of ``path`` when it is a regular file of at most
-    ``_MAX_FAST_BYTES``, else None.  One open (non-blocking, so a FIFO cannot
-    hang us) and one fstat."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FAST_BYTES:
-            return None
-        data = os.read(fd, st.st_size + 1)
-        return data if len(data) == st.st_size else None
-    finally:
-        os.close(fd)
-
-
 def load_mat(path, variable_names=None) -> dict:
     """The variables of a MATLAB v5 ``.mat`` file, exactly as
     ``scipy.io.loadmat(path, mat_dtype=True)`` returns them: a dict with
@@ -250,7 +233,7 @@ def load_mat(path, variable_names=None) -> dict:
     else:
         names = None
     try:
-        data = _read_regular_file(path)
+        data = read_regular_file(path, max_size=_MAX_FAST_BYTES)  # None: not a regular file, or big
     except (OSError, TypeError):
         data = None
     if data is not None:
