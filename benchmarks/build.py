@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dhm_data.build import BuildRequest, run_build
-from dhm_data.runner import keep_freed_memory
+from dhm_data.build.flow import BuildRequest, run_build
+from dhm_data.build.runner import keep_freed_memory
 from _trees import synthetic_300wlp
 
 

@@ -36,9 +36,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dhm_data import fitting  # noqa: E402
-from dhm_data.fitting import FitConfig, fit  # noqa: E402
-from dhm_data.synthetic_model import load_synthetic_model  # noqa: E402
+from dhm_data.fit import fitting
+from dhm_data.fit.fitting import FitConfig, fit
+from dhm_data.models.synthetic import load_synthetic_model
 
 H = 450
 BINS = [(0, 30), (30, 60), (60, 90.0001)]
@@ -58,7 +58,7 @@ def rotation_error_deg(pose_a, pose_b):
     """Geodesic angle between the two rotations (degrees): well defined at
     any yaw, unlike the individual Euler angles, whose pitch and roll share an
     axis as yaw nears 90 degrees (gimbal lock)."""
-    from dhm_data import camera
+    from dhm_data.geometry import camera
 
     _, Ra, _ = camera.pose_para_to_srt(pose_a)
     _, Rb, _ = camera.pose_para_to_srt(pose_b)

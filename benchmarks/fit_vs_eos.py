@@ -12,7 +12,7 @@ correspondences, no contour / edge fitting) and the same iteration budget:
   one face per call (it is not batched), ``num_iterations`` = the budget,
   lambdas ``--eos-lambda`` (default eos's 30; its regulariser is in squared
   pixels, so the best value depends on the face size -- try a few);
-* dhm-data: :func:`dhm_data.fitting.fit`, all faces in one batched call,
+* dhm-data: :func:`dhm_data.fit.fitting.fit`, all faces in one batched call,
   ``max_iterations`` = the same budget (it stops earlier when converged;
   the iterations it used are printed), ``jaw="fixed"`` (fixed correspondences).
 
@@ -40,8 +40,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dhm_data import camera, fitting  # noqa: E402
-from dhm_data.fitting import FitConfig  # noqa: E402
+from dhm_data.geometry import camera
+from dhm_data.fit import fitting
+from dhm_data.fit.fitting import FitConfig
 
 W = H = 450
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def main():
         import eos
     except ImportError:
         sys.exit("eos is not installed: pip install eos-py (a benchmark-only dependency)")
-    from dhm_data.model_io import load_model
+    from dhm_data.models.formats import load_model
 
     sfm = args.sfm
     model = load_model(sfm)

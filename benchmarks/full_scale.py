@@ -51,7 +51,7 @@ REAL_TOTAL = 2 * REAL_NON_FLIPPED  # with the _Flip mirrors: 122,450
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from dhm_data.build import BuildRequest, run_build
+from dhm_data.build.flow import BuildRequest, run_build
 root, out, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t = time.perf_counter()
 s = run_build(BuildRequest("300wlp", Path(root), Path(out), None, jobs=jobs, progress=False), echo=lambda m: None)
@@ -126,7 +126,7 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
 
 
 def loader_rate(split_dir: Path, workers: int, max_batches: int = 200) -> float:
-    from dhm_data.loader import Loader, ShardDataset
+    from dhm_data.load.loader import Loader, ShardDataset
 
     ds = ShardDataset(split_dir, fields=["image", "dhm", "landmarks_2d", "landmarks_3d", "pose_para"])
     loader = Loader(ds, batch_size=64, shuffle=True, seed=0, num_workers=workers, copy=False)

@@ -2,10 +2,10 @@
 
     python benchmarks/loader.py [--samples 5120] [--shard-size 1000] [--size 224] [--dir DIR] [--epochs 2]
 
-Writes a synthetic split folder with :func:`dhm_data.shards.write_shard`
+Writes a synthetic split folder with :func:`dhm_data.shards.shards.write_shard`
 (1/f-noise textures passed through JPEG q90 as images: they compress
 losslessly about as badly as photos; DHMs of 68 face-like landmarks rendered
-by :func:`dhm_data.dhm.render_dhm`), then, with a warm page cache, prints
+by :func:`dhm_data.prepare.dhm.render_dhm`), then, with a warm page cache, prints
 samples/s for image + DHM + landmarks + parameters, batch 64, shuffled order,
 with 0, 1 and 2 workers, bytes per sample on disk, and the ratio to the
 floor: a bare random read of the same bytes (image bytes + compressed DHM
@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dhm_data.dhm import render_dhm  # noqa: E402
-from dhm_data.loader import Loader, ShardDataset  # noqa: E402
-from dhm_data.shards import write_shard  # noqa: E402
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.load.loader import Loader, ShardDataset
+from dhm_data.shards.shards import write_shard
 
 FIELDS = ["image", "dhm", "landmarks_2d", "landmarks_3d", "pose_para", "shape_para", "exp_para"]
 

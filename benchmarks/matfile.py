@@ -25,7 +25,7 @@ from pathlib import Path
 
 import scipy.io
 
-from dhm_data.datasets.matfile import load_mat
+from dhm_data.formats.matfile import load_mat
 from _trees import synthetic_300wlp
 
 LABELS = ("Pose_Para", "Shape_Para", "Exp_Para")

@@ -7,7 +7,7 @@ crops, DHMs of 68 face-like landmarks, sigma 1 px).  For each candidate
 storage of the image crop and of the DHM, writes one HDF5 file, then times a
 random-order, warm-page-cache read of every sample (best of 3 passes) into a reused buffer
 (decode included) in one process.  Prints one table; the README records the
-figures and the defaults picked from them (dhm_data.schema).
+figures and the defaults picked from them (dhm_data.shards.schema).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import h5py  # noqa: E402
 import hdf5plugin  # noqa: E402
 
-from dhm_data import schema  # noqa: E402
-from dhm_data.dhm import render_dhm  # noqa: E402
-from dhm_data.loader import _blosc_decoder, _chunk_table  # noqa: E402
+from dhm_data.shards import schema
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.load.loader import _blosc_decoder, _chunk_table
 
 
 def _bench_module():

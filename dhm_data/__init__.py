@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 __all__ = ["ShardDataset", "Loader", "HorizontalFlip", "evaluate", "load_model", "__version__"]
 
 _LAZY = {
-    "ShardDataset": ("dhm_data.loader", "ShardDataset"),
-    "Loader": ("dhm_data.loader", "Loader"),
-    "HorizontalFlip": ("dhm_data.loader", "HorizontalFlip"),
-    "evaluate": ("dhm_data.evaluation", "evaluate"),
-    "load_model": ("dhm_data.model_io", "load_model"),
+    "ShardDataset": ("dhm_data.load.loader", "ShardDataset"),
+    "Loader": ("dhm_data.load.loader", "Loader"),
+    "HorizontalFlip": ("dhm_data.load.loader", "HorizontalFlip"),
+    "evaluate": ("dhm_data.evaluate.metrics", "evaluate"),
+    "load_model": ("dhm_data.models.formats", "load_model"),
 }
 
 

@@ -1,5 +1,5 @@
 """``python -m dhm_data`` = the ``dhm-data`` command."""
 
-from .cli import main
+from dhm_data.cli import main
 
 main()

@@ -2,7 +2,7 @@
 """Generate dhm-data's SYNTHETIC face model (not the Basel Face Model).
 
 Writes ``dhm_data/assets/synthetic_face_model.npz`` in dhm-data's compact
-model format (:mod:`dhm_data.model_io.compact`: same keys and marker; the
+model format (:mod:`dhm_data.models.formats.compact`: same keys and marker; the
 arrays are stored as float32 in a compressed zip to keep the asset small, the
 loader casts them to float64).  Run from the repository root::
 
@@ -371,7 +371,7 @@ def to_npz_bytes(d: dict) -> bytes:
     """Compact-format npz (float32 arrays, zip-deflated), deterministic bytes."""
     try:
         sys.path.insert(0, str(REPO))
-        from dhm_data.model_io.compact import FORMAT_MARKER, MARKER_KEY
+        from dhm_data.models.formats.compact import FORMAT_MARKER, MARKER_KEY
     except ImportError:  # pragma: no cover - the format module is part of the package
         FORMAT_MARKER, MARKER_KEY = "dhm-data compact morphable model v1", "dhm_compact_format"
     arrays = {

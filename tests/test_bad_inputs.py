@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from dhm_data.datasets import DatasetError, get_reader
+from dhm_data.errors import DatasetError
+from dhm_data.datasets import get_reader
 
 
 # ------------------------------------------------------------------ helpers
@@ -104,7 +105,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _build(root, out, pipeline, strict=False):
-    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.build.flow import BuildRequest, run_build
 
     return run_build(BuildRequest(pipeline, root, out, None, progress=False, strict=strict), echo=lambda m: None)
 
@@ -116,7 +117,7 @@ def check_cases(pipeline, root: Path, cases: dict, tmp_path: Path):
     also-rejected names)}."""
     import re
 
-    from dhm_data.shards import ShardReader
+    from dhm_data.shards.shards import ShardReader
 
     reader = get_reader(pipeline)(root)
     items = {it.name: it for it in reader.items()}
@@ -130,7 +131,7 @@ def check_cases(pipeline, root: Path, cases: dict, tmp_path: Path):
     def load_and_decode(item):
         """What the build does per sample before cropping: read the labels,
         then decode the image (a bad image is only found by decoding it)."""
-        from dhm_data.imageio import decode_rgb
+        from dhm_data.formats.images import decode_rgb
 
         return decode_rgb(reader.load(item).image_path)
 
@@ -307,7 +308,7 @@ def test_root_that_is_a_symlink_loop(tmp_path):
 
 
 def test_strict_build_fails_and_names_the_rejections(synthetic_tree, tmp_path):
-    from dhm_data.build import BuildError
+    from dhm_data.errors import BuildError
 
     root = _copy(synthetic_tree("aflw2000", 8), tmp_path / "tree") / "AFLW2000"
     it = get_reader("aflw2000")(root).items()[2]
@@ -325,7 +326,7 @@ def eval_tree(synthetic_tree):
 
 
 def _gt(root):
-    from dhm_data.ground_truth import load_ground_truth
+    from dhm_data.evaluate.ground_truth import load_ground_truth
 
     return load_ground_truth("aflw2000", root=root)
 

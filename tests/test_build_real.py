@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import scipy.io as sio
 
-from dhm_data.build import BuildRequest, run_build
-from dhm_data.crop import apply_affine, invert_affine
-from dhm_data.dhm import normalise_coordinates
-from dhm_data.shards import read_columns
+from dhm_data.build.flow import BuildRequest, run_build
+from dhm_data.geometry.crop import apply_affine, invert_affine
+from dhm_data.prepare.dhm import normalise_coordinates
+from dhm_data.shards.shards import read_columns
 
 
 def _build(pipeline, root, out, bfm):

@@ -52,7 +52,7 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(tmp_path, synt
 
 
 def test_rerun_skips_finished_units_and_redoes_changed_ones(tmp_path, synthetic_tree):
-    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.build.flow import BuildRequest, run_build
 
     root = synthetic_tree("300wlp", 12)
     out = tmp_path / "b"
@@ -68,7 +68,7 @@ def test_rerun_skips_finished_units_and_redoes_changed_ones(tmp_path, synthetic_
 
 
 def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
-    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.build.flow import BuildRequest, run_build
 
     root = synthetic_tree("aflw2000", 8)
     req = BuildRequest("aflw2000", root, tmp_path / "b", None, progress=False)
@@ -82,8 +82,8 @@ def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
 
 
 def test_a_rebuild_with_fewer_shards_leaves_only_the_planned_ones(tmp_path, synthetic_tree):
-    from dhm_data.build import BuildRequest, run_build
-    from dhm_data.loader import ShardDataset
+    from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.load.loader import ShardDataset
 
     root = synthetic_tree("aflw2000", 8)
     out = tmp_path / "b"
@@ -97,7 +97,7 @@ def test_a_rebuild_with_fewer_shards_leaves_only_the_planned_ones(tmp_path, synt
 
 def test_changed_3d_estimates_refit(tmp_path, synthetic_tree):
 
-    from dhm_data.build import BuildRequest, run_fit
+    from dhm_data.build.flow import BuildRequest, run_fit
 
     root = synthetic_tree("ls3dw", 30)
     z = np.load(root / "LS3D-W" / "synthetic_landmarks_3d.npz")

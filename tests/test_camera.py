@@ -1,9 +1,9 @@
 import numpy as np
 import scipy.io as sio
 
-from dhm_data import camera
-from dhm_data.model_io import load_model
-from dhm_data.morphable import INNER, fit_length
+from dhm_data.geometry import camera
+from dhm_data.models.formats import load_model
+from dhm_data.models.morphable import INNER, fit_length
 
 
 def _elementary(pitch, yaw, roll):

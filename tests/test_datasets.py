@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from dhm_data.datasets import DatasetError, get_reader
+from dhm_data.errors import DatasetError
+from dhm_data.datasets import get_reader
 
 
 def _truth(root):
@@ -28,7 +29,7 @@ def test_300wlp_reader(synthetic_tree):
 
 
 def test_300wlp_flip_labels_are_mirrored_and_reordered(synthetic_tree):
-    from dhm_data.landmarks68 import MIRROR_68
+    from dhm_data.geometry.landmarks68 import MIRROR_68
 
     root = synthetic_tree("300wlp", 20)
     reader = get_reader("300wlp")(root)
@@ -124,7 +125,8 @@ def test_bad_mat_files_name_the_file_and_the_key(aflw_copy):
 
 
 def test_build_rejects_bad_samples_lists_them_and_strict_fails(aflw_copy, tmp_path):
-    from dhm_data.build import BuildError, BuildRequest, run_build
+    from dhm_data.errors import BuildError
+    from dhm_data.build.flow import BuildRequest, run_build
 
     items = get_reader("aflw2000")(aflw_copy).items()
     items[0].paths[0].write_bytes(b"not a jpeg at all")          # undecodable image
@@ -158,8 +160,8 @@ def test_bad_t7_is_rejected_with_its_path(tmp_path, synthetic_tree):
 
 
 def test_a_shard_whose_samples_are_all_rejected_reads_as_zero_rows(tmp_path, synthetic_tree):
-    from dhm_data.build import BuildRequest, run_build
-    from dhm_data.shards import read_columns
+    from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.shards.shards import read_columns
 
     shutil.copytree(synthetic_tree("aflw2000", 8), tmp_path / "tree")
     items = get_reader("aflw2000")(tmp_path / "tree").items()
@@ -173,9 +175,9 @@ def test_a_shard_whose_samples_are_all_rejected_reads_as_zero_rows(tmp_path, syn
 
 
 def test_flip_samples_carry_their_own_labels(synthetic_tree, tmp_path):
-    from dhm_data import camera
-    from dhm_data.build import BuildRequest, run_build
-    from dhm_data.shards import read_columns
+    from dhm_data.geometry import camera
+    from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.shards.shards import read_columns
 
     root = synthetic_tree("300wlp", 20)
     run_build(BuildRequest("300wlp", root, tmp_path / "b", None, progress=False), echo=lambda m: None)
@@ -186,7 +188,7 @@ def test_flip_samples_carry_their_own_labels(synthetic_tree, tmp_path):
 
 
 def test_aflw2000_reannotated_labels_from_t7(aflw_copy):
-    from dhm_data.t7 import write_t7
+    from dhm_data.formats.t7 import write_t7
 
     reader = get_reader("aflw2000")(aflw_copy)
     items = reader.items()

@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dhm_data.crop import (
-    CropError,
+from dhm_data.errors import CropError
+from dhm_data.geometry.crop import (
     CropWindow,
     affine_for_reduced,
     apply_affine,
@@ -15,7 +15,7 @@ from dhm_data.crop import (
     warp_crop,
     window_affine,
 )
-from dhm_data.dhm import normalise_coordinates, render_dhm
+from dhm_data.prepare.dhm import normalise_coordinates, render_dhm
 
 
 def test_single_landmark_hand_computed():
@@ -130,7 +130,7 @@ def test_zero_size_box_raises():
 def test_decode_rgb_gives_rgb_order_at_every_reduction(tmp_path, ext, reduction):
     """A red-left / blue-right picture decodes with red in channel 0, at full
     size and with libjpeg's DCT reduction (reduced pixel p = source r p .. r p + r - 1)."""
-    from dhm_data.imageio import decode_rgb
+    from dhm_data.formats.images import decode_rgb
 
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[:, :32, 0] = 255
@@ -147,8 +147,8 @@ def test_decode_rgb_gives_rgb_order_at_every_reduction(tmp_path, ext, reduction)
 def test_image_size_reads_the_header_only_and_handles_odd_files(tmp_path):
     import os
 
-    from dhm_data.datasets.base import DatasetError
-    from dhm_data.imageio import image_size
+    from dhm_data.errors import DatasetError
+    from dhm_data.formats.images import image_size
 
     img = np.zeros((37, 53, 3), np.uint8)
     jpg = cv2.imencode(".jpg", img)[1].tobytes()
@@ -175,8 +175,8 @@ def test_dhm_near_tie_goes_to_the_nearer_landmark():
     """Two landmarks 2^-16 px apart at a large pixel index: the nearer one
     (index 1) wins its own pixel, in render_dhm and in the block renderer
     (a single combined sort key once rounded the difference away)."""
-    from dhm_data.dhm import QuantisedDHMBlocks
-    from dhm_data.schema import quantise
+    from dhm_data.prepare.dhm import QuantisedDHMBlocks
+    from dhm_data.shards.schema import quantise
 
     P = np.array([[220 + 2.0**-16, 220.0, 0.0], [220.0, 220.0, 10.0], [10.0, 10.0, 5.0]])
     dhm = render_dhm(P, 224, 1.0)

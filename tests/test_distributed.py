@@ -19,7 +19,7 @@ pytest.importorskip("dask.distributed", reason="dask[distributed] is in the [tes
 
 
 def _build(root, out, pipeline="300wlp", **kw):
-    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.build.flow import BuildRequest, run_build
 
     req = BuildRequest(pipeline, root, out, None, progress=False, overrides={"shards.size": 8}, **kw)
     return run_build(req, echo=lambda m: None)

@@ -10,10 +10,10 @@ import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from dhm_data import evaluation as ev
+from dhm_data.evaluate import metrics as ev
 from dhm_data.cli.evaluate import main
-from dhm_data.ground_truth import (GroundTruthError, PredictionFile, align_predictions, load_ground_truth,
-                                   match_order)
+from dhm_data.errors import GroundTruthError
+from dhm_data.evaluate.ground_truth import PredictionFile, align_predictions, load_ground_truth, match_order
 
 
 def run(args, ok=True):
@@ -144,7 +144,7 @@ def test_errors_leave_no_output(aflw_gt_dir, tmp_path):
 
 
 def test_match_order_duplicates_and_suffixes():
-    from dhm_data.ground_truth import GroundTruth
+    from dhm_data.evaluate.ground_truth import GroundTruth
 
     gt = GroundTruth("ls3dw-menpo", np.array(["Menpo-3D/a", "Menpo-3D/b", "Menpo-3D/c"]), np.zeros((3, 68, 2)),
                      None, "test", aliases=np.array(["a", "b", "c"]))
@@ -199,7 +199,7 @@ def test_raw_aflw2000_real_samples_agree_with_the_arrays(aflw_samples_dir, aflw_
 
 
 def test_raw_ls3dw_subsets(synthetic_tree, tmp_path):
-    from dhm_data.t7 import read_t7
+    from dhm_data.formats.t7 import read_t7
 
     root = synthetic_tree("ls3dw", 12) / "LS3D-W"
     for dataset, subset in [("ls3dw-menpo", "Menpo-3D"), ("ls3dw-300w", "300W-Testset-3D"),
@@ -223,7 +223,7 @@ def test_raw_reannotated_both_routes(synthetic_tree, tmp_path):
     """aflw2000-reannotated from the AFLW2000 folder (re-annotation found in LS3D-W
     beside it, yaw from the .mat) equals the route through the LS3D-W folder with
     --aflw2000-root."""
-    from dhm_data.t7 import write_t7
+    from dhm_data.formats.t7 import write_t7
 
     src = synthetic_tree("aflw2000", 6)
     tree = tmp_path / "data"
@@ -262,7 +262,7 @@ def test_300wlp_val_needs_a_build(tmp_path):
 # ------------------------------------------------------------------ (c) builds
 @pytest.fixture(scope="module")
 def aflw_build(tmp_path_factory):
-    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.build.flow import BuildRequest, run_build
     from dhm_data.synth import synthesize
 
     base = tmp_path_factory.mktemp("evalbuild")
@@ -273,7 +273,7 @@ def aflw_build(tmp_path_factory):
 
 
 def test_build_ground_truth_matches_raw(aflw_build, tmp_path):
-    from dhm_data.shards import read_columns
+    from dhm_data.shards.shards import read_columns
 
     raw_root, build = aflw_build
     raw = load_ground_truth("aflw2000", root=raw_root)
@@ -308,7 +308,7 @@ def test_build_of_the_wrong_dataset_is_refused(aflw_build):
 
 
 def test_ced_plot_has_one_curve_per_file():
-    from dhm_data.plots import ced_figure
+    from dhm_data.evaluate.plots import ced_figure
 
     rng = np.random.default_rng(0)
     g = rng.uniform(0, 100, (50, 68, 2))
@@ -322,7 +322,7 @@ def test_ced_plot_has_one_curve_per_file():
 
 
 def test_ls3dw_and_300wlp_builds(synthetic_tree, tmp_path):
-    from dhm_data.build import BuildRequest, run_build
+    from dhm_data.build.flow import BuildRequest, run_build
 
     root = synthetic_tree("ls3dw", 12)
     run_build(BuildRequest("ls3dw", root, tmp_path / "ls3dw", None, progress=False), echo=lambda m: None)

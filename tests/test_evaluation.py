@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dhm_data import evaluation as ev
-from dhm_data.evaluation import EvaluationError, PredictionError
+from dhm_data.evaluate import metrics as ev
+from dhm_data.errors import EvaluationError, PredictionError
 
 
 # ------------------------------------------------------------------ a case computed on paper
@@ -284,7 +284,7 @@ def test_real_pixel_convention_matters(real_gt, aflw_gt_dir):
 def test_nme_is_invariant_to_the_crop_similarity(paper_case):
     """A build's crop_affine is scale + translation, so NME in crop pixels equals NME
     in image pixels: a training loop may evaluate on shard landmarks directly."""
-    from dhm_data.crop import apply_affine, crop_affine
+    from dhm_data.geometry.crop import apply_affine, crop_affine
 
     p, g, yaw, expected = paper_case
     for i in range(4):

@@ -40,8 +40,8 @@ SITECUSTOMIZE = textwrap.dedent('''
     if _delay:
         import time
 
-        import dhm_data.build as _b
-        import dhm_data.fit_stage as _f
+        import dhm_data.build.flow as _b
+        import dhm_data.build.fit_stage as _f
 
         def _slow(fn):
             def unit(payload):
@@ -152,8 +152,8 @@ def wait_until(cond, proc, timeout=60.0, what=""):
 def no_visible_partial_output(out: Path) -> None:
     """Every file under a final name is complete: each shard and fit file
     opens and (shards) passes verification; temporary files are dot-files."""
-    from dhm_data.fit_io import read_fits
-    from dhm_data.shards import verify_shard
+    from dhm_data.fit.result_file import read_fits
+    from dhm_data.shards.shards import verify_shard
 
     for p in out.rglob("*"):
         if p.is_file() and not p.name.startswith(".") and ".tmp-" in p.name:
@@ -277,7 +277,7 @@ def _damage(path: Path, how: str) -> str | None:
     i = 3
     data[_dhm_chunk_offset(path, i) + 40] ^= 0x5A       # inside sample 3's compressed DHM
     path.write_bytes(bytes(data))
-    from dhm_data.shards import ShardReader  # the names are intact
+    from dhm_data.shards.shards import ShardReader
 
     with ShardReader(path) as r:
         return str(r.read("name", [i])[0])
@@ -288,8 +288,8 @@ def test_damaged_shard_is_caught_named_and_only_it_is_rebuilt(how, built, lp_tre
     from click.testing import CliRunner
 
     from dhm_data.cli import main
-    from dhm_data.loader import Loader, ShardDataset
-    from dhm_data.shards import ShardError
+    from dhm_data.load.loader import Loader, ShardDataset
+    from dhm_data.errors import ShardError
 
     out, expected = built
     shards = sorted(out.glob("*/shard-*.h5"))
@@ -331,8 +331,8 @@ def test_damaged_shard_is_caught_named_and_only_it_is_rebuilt(how, built, lp_tre
 def test_loader_names_file_and_sample_for_any_damaged_sample(where, built):
     import h5py
 
-    from dhm_data.loader import ShardDataset
-    from dhm_data.shards import ShardError
+    from dhm_data.load.loader import ShardDataset
+    from dhm_data.errors import ShardError
 
     out, _ = built
     victim = out / "train" / "shard-00002.h5"

@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dhm_data import camera, fitting
-from dhm_data.fit_io import FitFileError, read_fits, write_fits
-from dhm_data.fitting import FitConfig, FittingError, fit
-from dhm_data.morphable import MorphableModel
+from dhm_data.geometry import camera
+from dhm_data.fit import fitting
+from dhm_data.errors import FitFileError
+from dhm_data.fit.result_file import read_fits, write_fits
+from dhm_data.fit.fitting import FitConfig, fit
+from dhm_data.errors import FittingError
+from dhm_data.models.morphable import MorphableModel
 
 
 # ----------------------------------------------------------------- helpers
@@ -279,7 +282,7 @@ def test_alternating_method_reaches_the_same_fit_slowly():
 
 # ------------------------------------------------------- marching / synthetic
 def test_landmark_marching_picks_the_silhouette_vertex():
-    from dhm_data.synthetic_model import load_synthetic_model
+    from dhm_data.models.synthetic import load_synthetic_model
 
     m = load_synthetic_model()
     pose = np.array([[0.0, np.radians(60), 0.0, 225, 225, 0, 1.5e-3]])
@@ -300,7 +303,7 @@ def test_landmark_marching_picks_the_silhouette_vertex():
 def test_synthetic_silhouette_fit_with_marching():
     """Silhouette jaw labels (marched ground truth) over yaw 0-90: marching
     recovers yaw far better than fixed jaw vertices."""
-    from dhm_data.synthetic_model import load_synthetic_model
+    from dhm_data.models.synthetic import load_synthetic_model
 
     m = load_synthetic_model()
     rng = np.random.default_rng(21)
@@ -343,7 +346,7 @@ def _aflw(aflw_samples_dir):
 ])
 def test_aflw2000_reference_samples(bfm68_dir, aflw_samples_dir, with_3d, yaw_max, yaw_mean, nme_max, nme_mean):
     """bfm68 fitted to the 16 AFLW2000-3D samples' pt3d_68 recovers Pose_Para's yaw and reprojects well under 1% NME."""
-    from dhm_data.model_io import load_model
+    from dhm_data.models.formats import load_model
 
     m = load_model(bfm68_dir)
     pts, pose = _aflw(aflw_samples_dir)
@@ -389,9 +392,10 @@ def test_fit_file_roundtrip_and_errors(tmp_path):
 def test_mesh_export_obj_ply(tmp_path, bfm68_dir):
     import trimesh
 
-    from dhm_data.mesh import MeshError, export_mesh
-    from dhm_data.model_io import load_model
-    from dhm_data.synthetic_model import load_synthetic_model
+    from dhm_data.errors import MeshError
+    from dhm_data.viz.mesh import export_mesh
+    from dhm_data.models.formats import load_model
+    from dhm_data.models.synthetic import load_synthetic_model
 
     m = load_synthetic_model()
     a = np.random.default_rng(0).normal(size=199) * m.identity_std
@@ -412,7 +416,7 @@ def test_mesh_export_obj_ply(tmp_path, bfm68_dir):
 def test_surrey_face_model_fixed_correspondences(sfm_dir):
     """A real second model (49 mapped points, 63 identity PCs in eos's rescaled
     units, 6 blendshapes): noise-free faces are recovered, unmapped points stay missing."""
-    from dhm_data.model_io import load_model
+    from dhm_data.models.formats import load_model
 
     m = load_model(sfm_dir)
     rng = np.random.default_rng(5)

@@ -6,19 +6,13 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from dhm_data import schema
-from dhm_data.dhm import render_dhm
-from dhm_data.landmarks68 import CENTRE_68, LEFT_EYE, MIRROR_68, RIGHT_EYE, mirror_landmarks
-from dhm_data.loader import (
-    HorizontalFlip,
-    Loader,
-    LoaderError,
-    ShardDataset,
-    epoch_order,
-    rank_order,
-    shard_paths,
-)
-from dhm_data.shards import ShardError, read_columns, write_shard
+from dhm_data.shards import schema
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.geometry.landmarks68 import CENTRE_68, LEFT_EYE, MIRROR_68, RIGHT_EYE, mirror_landmarks
+from dhm_data.load.loader import HorizontalFlip, Loader, ShardDataset, epoch_order, rank_order, shard_paths
+from dhm_data.errors import LoaderError
+from dhm_data.errors import ShardError
+from dhm_data.shards.shards import read_columns, write_shard
 
 from test_shards import make_columns
 
@@ -383,7 +377,7 @@ def test_flip_in_loader_is_reproducible_across_workers(split_dir):
 
 
 def test_direct_blosc_decode_matches_h5py(split_dir, monkeypatch):
-    import dhm_data.loader as loader_mod
+    import dhm_data.load.loader as loader_mod
 
     idx = [5, 86, 41, 0, 41] + list(range(86, -1, -1))
     fast = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")

@@ -1,4 +1,4 @@
-"""The fast MATLAB v5 reader (dhm_data.datasets.matfile.load_mat) side by side
+"""The fast MATLAB v5 reader (dhm_data.formats.matfile.load_mat) side by side
 with ``scipy.io.loadmat(path, mat_dtype=True)``: identical keys, order, values,
 shapes, dtypes; the fast path is proved taken by making scipy raise."""
 
@@ -15,8 +15,10 @@ import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dhm_data.datasets import DatasetError, matfile
-from dhm_data.datasets.matfile import field, labelled_parameters, load_mat
+from dhm_data.errors import DatasetError
+from dhm_data.formats import matfile
+from dhm_data.datasets.labels import field, labelled_parameters
+from dhm_data.formats.matfile import load_mat
 from dhm_data.synth import compact_zero, mat_v5_bytes
 
 REAL_LOADMAT = scipy.io.loadmat

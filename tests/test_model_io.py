@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import scipy.io
 
-from dhm_data.model_io import ModelFileError, detect_format, load_model
-from dhm_data.model_io import bfm2009, compact, surrey
-from dhm_data.model_io.compact import FORMAT_MARKER, save_compact
-from dhm_data.morphable import MorphableModel
+from dhm_data.errors import ModelFileError
+from dhm_data.models.formats import detect_format, load_model
+from dhm_data.models.formats import bfm2009, compact, surrey
+from dhm_data.models.formats.compact import FORMAT_MARKER, save_compact
+from dhm_data.models.morphable import MorphableModel
 
 N_LM = 68
 
@@ -408,7 +409,7 @@ def test_tddfa_v2_pickle(tmp_path):
     ).reshape(N_LM, 3)
     np.testing.assert_allclose(got, want, rtol=1e-10)
     np.testing.assert_array_equal(m.triangles, raw["tri"].T)
-    from dhm_data.model_io.bfm68_text import ASSUMED_IDENTITY_STD
+    from dhm_data.models.formats.bfm68_text import ASSUMED_IDENTITY_STD
 
     assert np.all(m.identity_std == ASSUMED_IDENTITY_STD)
     # tri.pkl beside the model replaces 'tri', as 3DDFA_V2 does for bfm_noneck_v3

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from dhm_data import camera
+from dhm_data.geometry import camera
 from dhm_data.datasets.base import Sample
-from dhm_data.landmarks68 import MIRROR_68
-from dhm_data.prepare import PrepareError, posed_landmarks, source_landmarks_3d
-from dhm_data.synthetic_model import load_synthetic_model
+from dhm_data.geometry.landmarks68 import MIRROR_68
+from dhm_data.errors import PrepareError
+from dhm_data.prepare.row import posed_landmarks, source_landmarks_3d
+from dhm_data.models.synthetic import load_synthetic_model
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,10 @@ def test_reconstruct_batched_and_strided_bases_equal_the_definition(lm_model):
 def test_stored_dhms_are_the_render_of_the_stored_landmarks(synthetic_tree, tmp_path):
     """Every DHM a build stores equals quantise(render_dhm(stored landmarks_3d)):
     re-rendering from a shard (e.g. after a flip) reproduces it exactly."""
-    from dhm_data.build import BuildRequest, run_build
-    from dhm_data.dhm import render_dhm
-    from dhm_data.schema import quantise
-    from dhm_data.shards import read_columns
+    from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.prepare.dhm import render_dhm
+    from dhm_data.shards.schema import quantise
+    from dhm_data.shards.shards import read_columns
 
     out = tmp_path / "out"
     run_build(BuildRequest("300wlp", synthetic_tree("300wlp", 12), out, progress=False), echo=lambda m: None)

@@ -24,9 +24,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dhm_data import camera
-from dhm_data.crop import affine_for_reduced, apply_affine, crop_affine, crop_window, invert_affine, warp_crop
-from dhm_data.dhm import normalise_coordinates, render_dhm
+from dhm_data.geometry import camera
+from dhm_data.geometry.crop import (
+    affine_for_reduced,
+    apply_affine,
+    crop_affine,
+    crop_window,
+    invert_affine,
+    warp_crop,
+)
+from dhm_data.prepare.dhm import normalise_coordinates, render_dhm
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DHM_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,7 +45,7 @@ seeds = st.integers(0, 2**32 - 1)
 
 @pytest.fixture(scope="module")
 def mean_landmarks():
-    from dhm_data.synthetic_model import load_synthetic_model
+    from dhm_data.models.synthetic import load_synthetic_model
 
     m = load_synthetic_model().landmark_model()
     return m.reconstruct()[:68]
@@ -253,8 +260,8 @@ def test_block_renderer_equals_the_single_sample_renderer(seed, size, sigma, n, 
     """QuantisedDHMBlocks gives each sample of a block exactly
     quantise(render_dhm(...)), with ties, NaN rows, all-NaN samples and
     points outside the crop; its scratch buffers are clean for the next block."""
-    from dhm_data.dhm import QuantisedDHMBlocks
-    from dhm_data.schema import quantise
+    from dhm_data.prepare.dhm import QuantisedDHMBlocks
+    from dhm_data.shards.schema import quantise
 
     rng = np.random.default_rng(seed)
     renderer = QuantisedDHMBlocks(size, sigma, group=2)  # blocks of up to 5: groups of 2, 2, 1

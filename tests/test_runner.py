@@ -3,8 +3,9 @@ import multiprocessing as mp
 import pytest
 
 from dhm_data import atomic
-from dhm_data.layout import BuildLayout
-from dhm_data.runner import BuildLock, BuildLockedError, Unit, fingerprint, run_units
+from dhm_data.build.layout import BuildLayout
+from dhm_data.build.runner import BuildLock, Unit, fingerprint, run_units
+from dhm_data.errors import BuildLockedError
 
 
 def _work(payload):
@@ -85,7 +86,7 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap():
     probe = r"""
 import sys
 import numpy as np
-from dhm_data.runner import keep_freed_memory
+from dhm_data.build.runner import keep_freed_memory
 
 def in_heap(a):
     addr = a.ctypes.data

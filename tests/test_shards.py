@@ -1,4 +1,4 @@
-"""HDF5 shard writer / reader / verifier (dhm_data.schema, dhm_data.shards)."""
+"""HDF5 shard writer / reader / verifier (dhm_data.shards.schema, dhm_data.shards.shards)."""
 
 import json
 import os
@@ -7,18 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from dhm_data import schema
-from dhm_data.dhm import render_dhm
-from dhm_data.shards import (
-    ShardCorruptError,
-    ShardError,
-    ShardReader,
-    ShardSchemaError,
-    read_columns,
-    shard_info,
-    verify_shard,
-    write_shard,
-)
+from dhm_data.shards import schema
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.errors import ShardCorruptError, ShardError, ShardSchemaError
+from dhm_data.shards.shards import ShardReader, read_columns, shard_info, verify_shard, write_shard
 
 
 def make_columns(n, size=24, K=5, E=3, seed=0):
@@ -186,7 +178,7 @@ def test_schema_errors_name_the_field(tmp_path, mutate, message):
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path, monkeypatch):
-    import dhm_data.shards as shards
+    import dhm_data.shards.shards as shards
 
     final = tmp_path / "shard-00000.h5"
     calls = {"n": 0}
@@ -350,7 +342,7 @@ def test_not_a_shard(tmp_path):
 def test_streamed_shard_equals_the_one_shot_shard(tmp_path, dhm_storage):
     """Pixel fields appended in uneven blocks give the same datasets, digests
     and CRCs as write_shard given every column at once."""
-    from dhm_data.shards import ShardWriter
+    from dhm_data.shards.shards import ShardWriter
 
     cols = make_columns(11, seed=4)
     cols["dhm"] = schema.quantise(cols["dhm"])
@@ -376,7 +368,7 @@ def test_streamed_shard_equals_the_one_shot_shard(tmp_path, dhm_storage):
 
 
 def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
-    from dhm_data.shards import ShardWriter
+    from dhm_data.shards.shards import ShardWriter
 
     cols = make_columns(6, seed=2)
     cols["dhm"] = schema.quantise(cols["dhm"])
@@ -401,8 +393,8 @@ def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
 
 def test_streamed_shard_rewrite_is_block_wise(tmp_path, monkeypatch):
     """The rewrite at the true size copies in blocks (never the whole column)."""
-    from dhm_data import shards
-    from dhm_data.shards import ShardWriter
+    from dhm_data.shards import shards
+    from dhm_data.shards.shards import ShardWriter
 
     monkeypatch.setattr(shards, "_COPY_BLOCK", 4)
     seen = []
@@ -427,7 +419,7 @@ def test_streamed_shard_rewrite_is_block_wise(tmp_path, monkeypatch):
 
 
 def test_streamed_shard_errors_leave_nothing(tmp_path):
-    from dhm_data.shards import ShardWriter
+    from dhm_data.shards.shards import ShardWriter
 
     cols = make_columns(3)
     with pytest.raises(ShardSchemaError, match=r"field 'dhm': expected a \(3, 24, 24, 3\) uint8 block, found .*float32"):

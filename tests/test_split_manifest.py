@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from dhm_data.datasets.base import Item
-from dhm_data.expected import assign_split, check_counts, load_manifest
-from dhm_data.pipeline import PipelineError, available_pipelines, load_pipeline
+from dhm_data.build.manifests import assign_split, check_counts, load_manifest
+from dhm_data.errors import PipelineError
+from dhm_data.build.config import available_pipelines, load_pipeline
 
 
 def _items(n_photos, steps=3, seed=0):

@@ -1,4 +1,4 @@
-"""dhm_data.t7 against the torchfile package, both directions, and hand-built bytes."""
+"""dhm_data.formats.t7 against the torchfile package, both directions, and hand-built bytes."""
 
 import struct
 
@@ -7,7 +7,8 @@ import pytest
 
 torchfile = pytest.importorskip("torchfile")
 
-from dhm_data.t7 import T7Error, read_t7, t7_bytes, write_t7
+from dhm_data.errors import T7Error
+from dhm_data.formats.t7 import read_t7, t7_bytes, write_t7
 
 
 def _s(b: bytes) -> bytes:

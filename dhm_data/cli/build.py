@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..datasets import DatasetError
-from ..layout import BuildLayout
-from ..pipeline import PipelineError
+from dhm_data.errors import DatasetError
+from dhm_data.build.layout import BuildLayout
+from dhm_data.errors import PipelineError
 
 
 def _fail(e: Exception):
@@ -49,9 +49,10 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
     shards it affects.  Shipped pipelines: 300wlp, aflw2000,
     aflw2000-reannotated, ls3dw.
     """
-    from ..build import BuildError, BuildRequest, run_build
-    from ..model_io import ModelFileError
-    from ..runner import BackendError, BuildLockedError, UnitError
+    from dhm_data.errors import BuildError
+    from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.errors import ModelFileError
+    from dhm_data.errors import BackendError, BuildLockedError, UnitError
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size,
                  "shards.dhm_storage": dhm_storage}
@@ -72,7 +73,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def status(out):
     """Show which units of the build in OUT are done and which are left."""
-    from ..runner import plan_status
+    from dhm_data.build.runner import plan_status
 
     layout = BuildLayout(out)
     if not layout.split_file.exists():
@@ -99,8 +100,9 @@ def status(out):
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def verify(out):
     """Check every shard of OUT: sample counts against build.json and checksums."""
-    from ..runner import plan_status
-    from ..shards import ShardError, verify_shard
+    from dhm_data.build.runner import plan_status
+    from dhm_data.errors import ShardError
+    from dhm_data.shards.shards import verify_shard
 
     layout = BuildLayout(out)
     if not layout.summary.exists():

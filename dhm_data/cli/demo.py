@@ -19,10 +19,11 @@ def demo(out, n, jobs, seed, fresh):
     exact on-disk formats of the real ones), build all three (LS3D-W through
     the fit stage), draw a sample, score noisy predictions with dhm-eval's
     protocol, and print where everything is."""
-    from ..build import BuildError, BuildRequest, run_build
-    from ..runner import BuildLockedError, UnitError
-    from ..layout import BuildLayout
-    from ..synth import synthesize
+    from dhm_data.errors import BuildError
+    from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.errors import BuildLockedError, UnitError
+    from dhm_data.build.layout import BuildLayout
+    from dhm_data.synth import synthesize
 
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -43,8 +44,8 @@ def demo(out, n, jobs, seed, fresh):
         extra = f", fitted {s['fit']['fitted']} (converged {s['fit']['converged']})" if s.get("fit") else ""
         lines.append(f"  {dataset:9s} raw {tree}\n            shards {builds / dataset}: {s['written']}, rejected {s['rejected']}{extra}")
 
-    from ..loader import ShardDataset
-    from ..visualize import sample_picture, save_png
+    from dhm_data.load.loader import ShardDataset
+    from dhm_data.viz.sample import sample_picture, save_png
 
     picture = out / "sample.png"
     ds = ShardDataset(BuildLayout(builds / "300wlp").shards("train")[0].parent)
@@ -64,8 +65,8 @@ def _evaluate_demo(out: Path, build_dir: Path) -> str:
     protocol, as a user would score a model's predictions."""
     import numpy as np
 
-    from ..evaluation import evaluate
-    from ..ground_truth import load_ground_truth
+    from dhm_data.evaluate.metrics import evaluate
+    from dhm_data.evaluate.ground_truth import load_ground_truth
 
     gt = load_ground_truth("aflw2000", build=build_dir)
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """``dhm-eval``: NME / CED / AUC of landmark predictions under the published protocol.
 
-A thin shell: ground truth and prediction files through :mod:`dhm_data.ground_truth`,
-every figure from :mod:`dhm_data.evaluation`, the plot from :mod:`dhm_data.plots`.
+A thin shell: ground truth and prediction files through :mod:`dhm_data.evaluate.ground_truth`,
+every figure from :mod:`dhm_data.evaluate.metrics`, the plot from :mod:`dhm_data.evaluate.plots`.
 Everything is computed before anything is written; outputs are written to temporary
 names and renamed into place only when all of them are ready, so an error leaves no
 report behind.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from ..ground_truth import DATASETS
+from dhm_data.evaluate.ground_truth import DATASETS
 
 
 def _labels(preds, labels) -> list[str]:
@@ -38,7 +38,7 @@ def _csv_text(gt, reports, yaw_bins) -> str:
         head += ["yaw_deg", "yaw_bin"]
     head += [f"nme[{r.label}]" for r in reports]
     w.writerow(head)
-    from ..evaluation import YAW_BIN_LABELS
+    from dhm_data.evaluate.metrics import YAW_BIN_LABELS
 
     for i, name in enumerate(gt.names):
         row = [str(name)] + ([str(gt.aliases[i])] if gt.aliases is not None else [])
@@ -107,10 +107,10 @@ def main(preds, dataset, root, build_dir, aflw2000_root, threshold, auc_variant,
       dhm-eval pred.npy --dataset aflw2000 --root ~/data/AFLW2000 --plot ced.png --json report.json
       dhm-eval a.npy b.npy --label A --label B --dataset aflw2000 --build out/aflw2000
     """
-    from .. import __version__
-    from ..evaluation import (EvaluationError, YAW_BIN_LABELS, bin_counts, comparison_table, evaluate,
-                              yaw_bin_index)
-    from ..ground_truth import align_predictions, load_ground_truth, read_predictions
+    from dhm_data import __version__
+    from dhm_data.errors import EvaluationError
+    from dhm_data.evaluate.metrics import YAW_BIN_LABELS, bin_counts, comparison_table, evaluate, yaw_bin_index
+    from dhm_data.evaluate.ground_truth import align_predictions, load_ground_truth, read_predictions
 
     if root is None and build_dir is None:
         raise click.UsageError("give the ground truth: --root DIR (raw dataset or 3DDFA arrays) or --build DIR")
@@ -181,7 +181,7 @@ def main(preds, dataset, root, build_dir, aflw2000_root, threshold, auc_variant,
     if per_image is not None:
         outputs[per_image] = _csv_text(gt, reports, bins).encode()
     if plot is not None:
-        from ..plots import ced_figure
+        from dhm_data.evaluate.plots import ced_figure
 
         fig = ced_figure(reports, title=f"{DATASETS[dataset]['title']}")
         outputs[plot] = lambda tmp: fig.savefig(tmp, format="png")

@@ -15,7 +15,8 @@ _SHOW_FLAGGED = 30
 
 
 def _config(regularisation, max_iterations, tolerance, max_residual, jaw, method, pipeline_fit=None):
-    from ..fitting import FitConfig, FittingError
+    from dhm_data.fit.fitting import FitConfig
+    from dhm_data.errors import FittingError
 
     kw = {k: v for k, v in (pipeline_fit or {}).items() if k in FitConfig.__dataclass_fields__}
     for k, v in (("regularisation", regularisation), ("max_iterations", max_iterations), ("tolerance", tolerance),
@@ -127,11 +128,14 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
       dhm-data fit-bfm --landmarks L.npy --image-height H --bfm MODEL --out FITS.npz
           fit any (B, 68, 2) array of 0-based pixel landmarks; writes Pose_Para
           (B, 7), shape_para, exp_para, residuals and converged / flagged flags
-          (format: dhm_data.fit_io). Reruns with the same input skip the work.
+          (format: dhm_data.fit.result_file). Reruns with the same input skip the work.
     """
-    from ..fit_io import FitFileError, flagged_table, read_fits, write_fits
-    from ..fitting import FittingError, fit
-    from ..model_io import ModelFileError, load_model
+    from dhm_data.errors import FitFileError
+    from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
+    from dhm_data.errors import FittingError
+    from dhm_data.fit.fitting import fit
+    from dhm_data.errors import ModelFileError
+    from dhm_data.models.formats import load_model
 
     echo = lambda m: click.echo(m, err=True)  # noqa: E731
     if (dataset is None) == (landmarks is None):
@@ -179,12 +183,13 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
 
 def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,
                  method, jobs, backend, quiet, echo):
-    """DATASET mode: the build's fit stage alone (:func:`dhm_data.build.run_fit`)."""
-    from ..build import BuildError, BuildRequest, run_fit
-    from ..datasets import DatasetError
-    from ..model_io import ModelFileError
-    from ..pipeline import PipelineError
-    from ..runner import BackendError, BuildLockedError, UnitError
+    """DATASET mode: the build's fit stage alone (:func:`dhm_data.build.flow.run_fit`)."""
+    from dhm_data.errors import BuildError
+    from dhm_data.build.flow import BuildRequest, run_fit
+    from dhm_data.errors import DatasetError
+    from dhm_data.errors import ModelFileError
+    from dhm_data.errors import PipelineError
+    from dhm_data.errors import BackendError, BuildLockedError, UnitError
 
     if root is None:
         raise click.UsageError("DATASET mode needs --root DIR (the raw dataset folder)")

@@ -29,11 +29,13 @@ def synth(dataset, out, n, seed, bfm, force, quiet):
     into a temporary folder and renamed into place: an interrupted run leaves
     nothing behind.
     """
-    from ..synth import DATASETS, SynthError, synthesize
+    from dhm_data.synth import DATASETS, synthesize
+    from dhm_data.errors import SynthError
 
     model = None
     if bfm is not None:
-        from ..model_io import ModelFileError, load_model
+        from dhm_data.errors import ModelFileError
+        from dhm_data.models.formats import load_model
 
         try:
             model = load_model(bfm)

@@ -2,7 +2,7 @@
 
 Readers only read: they never crop, fit or write.  Every coordinate they
 yield is already converted to dhm-data's convention: **0-based pixels** of the
-source image (x right, y down), via :mod:`dhm_data.camera`.
+source image (x right, y down), via :mod:`dhm_data.geometry.camera`.
 """
 
 from __future__ import annotations
@@ -11,74 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-
-class DatasetError(ValueError):
-    """The dataset folder or one of its files is not what the format says."""
-
-
-def path_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable regular file, or None when it is one:
-    ``"symlink loop ..."``, ``"broken symlink ..."``, ``"is a directory ..."``,
-    ``"missing"``."""
-    import errno
-    import os
-    import stat
-
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "symlink loop (too many levels of symbolic links)"
-        if os.path.islink(path):
-            return f"broken symlink (points to {os.readlink(path)}, which does not exist)"
-        if e.errno == errno.ENOENT:
-            return "missing"
-        return f"cannot be read ({e.strerror})"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, expected a file"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    return None
-
-
-def read_regular_file(path, limit: int | None = None, max_size: int | None = None) -> bytes | None:
-    """Up to ``limit`` bytes (default: all) of ``path``, or None when it is
-    not a regular file or is larger than ``max_size``.  One non-blocking open
-    (a FIFO cannot hang the caller) and one ``fstat``; ``OSError`` from the
-    open or the read propagates (callers turn it into a :class:`DatasetError`
-    with :func:`require_file`)."""
-    import os
-    import stat
-
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (max_size is not None and st.st_size > max_size):
-            return None
-        n = st.st_size if limit is None else min(limit, st.st_size)
-        chunks, got = [], 0
-        while got < n:
-            b = os.read(fd, n - got)
-            if not b:
-                break
-            chunks.append(b)
-            got += len(b)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def require_file(path: Path, what: str, context: str = "") -> None:
-    """Raise :class:`DatasetError` ``"<path>: <what> is missing<context>"`` (or
-    names the symlink loop, broken symlink or directory found instead)."""
-    why = path_problem(path)
-    if why is None:
-        return
-    if why == "missing":
-        raise DatasetError(f"{path}: {what} is missing{context}")
-    raise DatasetError(f"{path}: {what} {why}{context}")
+from dhm_data.errors import DatasetError
+from dhm_data.formats.files import path_problem
 
 
 @dataclass

@@ -36,10 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import camera
-from ..imageio import image_size
-from .base import DatasetError, DatasetReader, Item, Sample, require_file
-from .matfile import field, labelled_parameters, load_mat
+from dhm_data.geometry import camera
+from dhm_data.formats.images import image_size
+from dhm_data.errors import DatasetError
+from dhm_data.datasets.base import DatasetReader, Item, Sample
+from dhm_data.formats.files import require_file
+from dhm_data.datasets.labels import field, labelled_parameters
+from dhm_data.formats.matfile import load_mat
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
 #: The 3DMM label variables read from a sample's .mat (the rest is never used).
@@ -48,7 +51,7 @@ _STEP = re.compile(r"^(?P<source>.+)_(?P<k>\d+)$")
 
 
 def mirror_permutation() -> np.ndarray:
-    from ..landmarks68 import MIRROR_68
+    from dhm_data.geometry.landmarks68 import MIRROR_68
 
     return np.asarray(MIRROR_68)
 

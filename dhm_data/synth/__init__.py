@@ -36,8 +36,9 @@ import cv2
 import numpy as np
 import scipy.io
 
-from .. import camera
-from ..morphable import MorphableModel
+from dhm_data.geometry import camera
+from dhm_data.models.morphable import MorphableModel
+from dhm_data.errors import SynthError
 
 GENERATOR_VERSION = 1
 #: command-line dataset name -> (module in dhm_data.synth, dataset folder)
@@ -53,11 +54,6 @@ JPEG_QUALITY = 92
 __all__ = ["synthesize", "SynthError", "DATASETS", "MARKER", "TRUTH", "march_landmarks", "sample_face", "write_mat_v5"]
 
 
-class SynthError(ValueError):
-    """Bad arguments to the synthetic dataset writer (unknown dataset, n < 1,
-    non-empty output folder without force, ...)."""
-
-
 # ------------------------------------------------------------------ geometry
 def march_landmarks(model: MorphableModel, shape: np.ndarray, pose_para: np.ndarray) -> np.ndarray:
     """Landmark vertex indices ``(68,)`` with the 17 jaw points marched to the
@@ -66,7 +62,7 @@ def march_landmarks(model: MorphableModel, shape: np.ndarray, pose_para: np.ndar
     Jaw landmark i slides along its contour-candidate line to the vertex with
     the smallest posed x (``R @ S``, full rotation) for i < 8 (image-left),
     the largest for i > 8, the lowest (smallest posed y, model y up) for the
-    chin line 8 -- the rule of :func:`dhm_data.fitting.march_contour`, so a
+    chin line 8 -- the rule of :func:`dhm_data.fit.fitting.march_contour`, so a
     fit reproduces these labels.  The inner 51 points keep their fixed
     vertex.  ``shape`` is the ``(V, 3)`` reconstructed shape; returns the
     fixed indices when the model has no contour candidates.
@@ -182,7 +178,7 @@ def project(model: MorphableModel, face: Face, marched: bool):
 
 def draw(model: MorphableModel, face: Face, style, bg) -> np.ndarray:
     """Render ``face`` over ``bg`` (RGB uint8)."""
-    from .render import render_face
+    from dhm_data.synth.render import render_face
 
     _, _, verts, _ = project(model, face, marched=False)
     if model.triangles is None:
@@ -253,7 +249,7 @@ def params_block(face: Face, rng: np.random.Generator, model: MorphableModel, co
     float64 (compact uint8 zeros when ``compact_exp``), ``Illum_Para`` (1,10)
     float64, ``Color_Para`` (1,7) float32, ``Tex_Para`` (199,1) float64.
     Coefficients are zero-padded / truncated to 199 / 29 (the real sizes)."""
-    from ..morphable import fit_length
+    from dhm_data.models.morphable import fit_length
 
     shape = fit_length(face.shape_para, 199).reshape(199, 1)
     exp = compact_zero((29, 1)) if compact_exp else fit_length(face.exp_para, 29).reshape(29, 1)
@@ -296,7 +292,7 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
         raise SynthError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SynthError(f"{out}: folder is not empty; choose an empty or new folder, or pass --force to replace it")
-    from ..synthetic_model import SYNTHETIC_MODEL_ID, load_synthetic_model
+    from dhm_data.models.synthetic import SYNTHETIC_MODEL_ID, load_synthetic_model
 
     custom = model is not None
     model = load_synthetic_model() if model is None else model

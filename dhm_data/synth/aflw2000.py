@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import camera
-from . import draw, encode_jpeg, params_block, project, sample_face, write_mat_v5
-from .render import Style, background, vertex_normals
+from dhm_data.geometry import camera
+from dhm_data.synth import draw, encode_jpeg, params_block, project, sample_face, write_mat_v5
+from dhm_data.synth.render import Style, background, vertex_normals
 
 SIZE = (450, 450)
 #: (label, 68-point indices averaged) of the 21 AFLW points, image order

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..t7 import t7_bytes
-from . import Face, draw, encode_jpeg, f32, place, project, sample_face
-from .render import Style, background
+from dhm_data.formats.t7 import t7_bytes
+from dhm_data.synth import Face, draw, encode_jpeg, f32, place, project, sample_face
+from dhm_data.synth.render import Style, background
 
 STILL = ("300W-Testset-3D", "AFLW2000-3D-Reannotated", "Menpo-3D")
 VIDEO = ("300VW-3D/CatA", "300VW-3D/CatB", "300VW-3D/CatC", "300VW-3D/Trainset")

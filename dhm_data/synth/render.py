@@ -19,7 +19,7 @@ be checked by eye.  Pure numpy + OpenCV drawing, seeded, deterministic.
   ~78 degrees of the viewing direction).
 
 Coordinates are 0-based pixels (x right, y down) with z towards the camera,
-as returned by :func:`dhm_data.camera.model_to_image`.
+as returned by :func:`dhm_data.geometry.camera.model_to_image`.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def render_face(
     Args:
         h, w: image size in pixels.
         verts: ``(V, 3)`` posed vertices, 0-based pixels x, y and depth z
-            (towards the camera), from :func:`dhm_data.camera.model_to_image`.
+            (towards the camera), from :func:`dhm_data.geometry.camera.model_to_image`.
         triangles: ``(T, 3)`` vertex indices.
         landmark_vertices: ``(68,)`` vertex index of each iBUG landmark (the
             fixed 3D landmarks; features are drawn at these vertices).

@@ -48,9 +48,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .. import camera
-from . import Face, draw, encode_jpeg, f32, params_block, place, project, sample_face, write_mat_v5
-from .render import Style, background
+from dhm_data.geometry import camera
+from dhm_data.synth import Face, draw, encode_jpeg, f32, params_block, place, project, sample_face, write_mat_v5
+from dhm_data.synth.render import Style, background
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
 REAL_COUNTS = {"IBUG": 1786, "AFW": 5207, "LFPW": 16556, "HELEN": 37676}

@@ -1,0 +1,124 @@
+"""Image file helpers: header-only size probing and decoding to RGB.
+
+Decoded images are ``(H, W, 3)`` uint8 **RGB** (OpenCV decodes BGR; we convert
+here, once).  ``decode_reduced`` uses libjpeg's DCT scaling
+(``IMREAD_REDUCED_COLOR_{2,4,8}``) when the caller needs fewer pixels; its
+pixel ``p`` covers source pixels ``[r p, r (p + 1))``, so its centre is at
+source coordinate ``r p + (r - 1) / 2`` (0-based pixel centres).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dhm_data.errors import DatasetError
+
+#: Decode flags by reduction.  EXIF orientation is ignored: labels refer to the
+#: stored pixel grid, which is also what image_size() reads from the header.
+_REDUCED = {r: flag | cv2.IMREAD_IGNORE_ORIENTATION for r, flag in
+            {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}.items()}
+#: OpenCV >= 4.11 can hand back RGB from the decoder itself (no BGR->RGB pass).
+_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
+if _RGB_FLAG is not None:
+    _REDUCED = {r: (flag & ~cv2.IMREAD_COLOR) | _RGB_FLAG for r, flag in _REDUCED.items()}
+
+
+def read_image_bytes(path, limit: int | None = None) -> bytes:
+    """The bytes of the image file ``path`` (at most ``limit``), through
+    :func:`~dhm_data.datasets.base.read_regular_file` (a FIFO cannot hang the
+    build); a missing file, a directory, a broken symlink, anything not a
+    regular file raises :class:`DatasetError` saying which."""
+    from dhm_data.formats.files import read_regular_file, require_file
+
+    try:
+        data = read_regular_file(path, limit)
+    except OSError as e:
+        require_file(Path(path), "image file")
+        raise DatasetError(f"{path}: cannot read image ({e})") from e
+    if data is None:
+        require_file(Path(path), "image file")
+        raise DatasetError(f"{path}: image file is not a regular file")
+    return data
+
+
+#: Bytes read for the header; a JPEG's start-of-frame comes after its tables,
+#: well inside this for camera and dataset files (else the whole file is read).
+_HEADER_BYTES = 1 << 16
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header (JPEG SOF or PNG IHDR) without
+    decoding; falls back to a full decode for other formats."""
+    head = read_image_bytes(path, _HEADER_BYTES)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        w, h = struct.unpack(">II", head[16:24])
+        return int(h), int(w)
+    if head[:2] == b"\xff\xd8":
+        size = _jpeg_size(head)
+        if size is None and len(head) == _HEADER_BYTES:
+            size = _jpeg_size(read_image_bytes(path))
+        if size is not None:
+            return size
+    img = decode_rgb(path)
+    return img.shape[:2]
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments of ``data`` (from after SOI) to the first
+    start-of-frame; None if there is none within ``data``."""
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            return None
+        while i < n and data[i] == 0xFF:  # fill bytes before a marker
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue  # markers without a length
+        if i + 2 > n:
+            return None
+        (seg_len,) = struct.unpack_from(">H", data, i)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 7 > n:
+                return None
+            h, w = struct.unpack_from(">HH", data, i + 3)
+            return int(h), int(w)
+        if seg_len < 2:
+            return None
+        i += seg_len
+    return None
+
+
+def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
+    """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8."""
+    buf = np.frombuffer(read_image_bytes(path), np.uint8)
+    img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
+    if img is None:
+        raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes): {_diagnose(buf)}")
+    if img.ndim == 2:  # some decoders hand back grey for odd files
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return img if _RGB_FLAG is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _diagnose(buf: np.ndarray) -> str:
+    """Why a buffer did not decode, as far as its bytes tell."""
+    head, tail = bytes(buf[:8]), bytes(buf[-1024:])
+    if not buf.size:
+        return "the file is empty"
+    if head[:2] == b"\xff\xd8":
+        if b"\xff\xd9" not in tail:
+            return "a JPEG without its end-of-image marker: the file is truncated"
+        return "a JPEG whose data is damaged"
+    if head == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in tail:
+            return "a PNG without its IEND chunk: the file is truncated"
+        return "a PNG whose data is damaged"
+    return f"neither JPEG nor PNG (the file starts with {head!r})"

@@ -1,0 +1,7 @@
+"""Reading built shards as numpy batches for training: ``ShardDataset``,
+``Loader`` (ordering, rank partitions, worker pool) and ``HorizontalFlip``.
+
+May import: :mod:`dhm_data.errors`, :mod:`dhm_data.geometry`,
+:mod:`dhm_data.prepare` (to re-render a flipped DHM), :mod:`dhm_data.shards`,
+:mod:`dhm_data.build.layout`.
+"""

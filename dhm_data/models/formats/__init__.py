@@ -1,0 +1,69 @@
+"""Morphable-model loaders, one module per file format, behind one registry.
+
+``load_model(path)`` takes a file or a directory holding one and detects the
+format.  Each format module exposes ``FORMAT = ModelFormat(...)`` with a
+``detect(path) -> bool`` that only looks at names / headers and a
+``load(path) -> MorphableModel`` that raises :class:`ModelFileError` naming the
+file and the missing or mis-shaped key.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dhm_data.models.morphable import MorphableModel
+from dhm_data.errors import ModelFileError
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path], MorphableModel]
+
+
+# Order matters: the first format whose detect() accepts the path wins.
+_FORMAT_MODULES = [
+    "compact",
+    "bfm68_text",
+    "bfm2009",
+    "face3d",
+    "tddfa_v2",
+    "surrey",
+]
+
+
+def formats() -> list[ModelFormat]:
+    """All registered formats (modules that are importable)."""
+    out = []
+    for mod in _FORMAT_MODULES:
+        try:
+            m = importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:  # a format module not written yet
+            if e.name == f"{__name__}.{mod}":
+                continue
+            raise
+        out.append(m.FORMAT)
+    return out
+
+
+def detect_format(path) -> ModelFormat:
+    """The format of ``path`` (a file, or a directory holding one model)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such file or directory (expected a morphable-model file or a folder holding one)")
+    for fmt in formats():
+        if fmt.detect(p):
+            return fmt
+    names = ", ".join(f"{f.name} ({f.description})" for f in formats())
+    raise ModelFileError(f"{p}: not a morphable model this version can read; known formats: {names}")
+
+
+def load_model(path) -> MorphableModel:
+    """Load a morphable model from ``path``, detecting its format."""
+    p = Path(path).expanduser()
+    return detect_format(p).load(p)

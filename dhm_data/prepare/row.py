@@ -1,0 +1,161 @@
+"""The prepare step: one sample + its decoded image -> the arrays of a shard row.
+
+Pure functions over arrays (the image is decoded by the caller's I/O layer):
+ground-truth crop, landmarks in crop pixels, posed 3D landmarks from the
+parameters (labels or fitted) unless the dataset gives them, and the DHM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dhm_data.geometry import camera
+from dhm_data.errors import CropError, PrepareError
+from dhm_data.geometry.crop import CropWindow, apply_affine, crop_window, unsnapped_crop_affine
+from dhm_data.datasets.base import Sample
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.models.morphable import MorphableModel, fit_length
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    crop_size: int = 224
+    margin: float = 0.3
+    sigma: float = 1.0
+    dhm_storage: str = "u8q-lz4"
+
+    @classmethod
+    def from_pipeline(cls, cfg: dict) -> "PrepareConfig":
+        return cls(int(cfg["crop"]["size"]), float(cfg["crop"]["margin"]), float(cfg["dhm"]["sigma"]),
+                   str(cfg["shards"].get("dhm_storage", "u8q-lz4")))
+
+
+def posed_landmarks(model: MorphableModel, pose_para, shape_para, exp_para, image_height, mirror_width=None) -> np.ndarray:
+    """``(..., 68, 3)`` posed 3D landmarks in 0-based source pixels (z in pixel units).
+
+    ``model`` is a landmark model (68 rows); ``pose_para`` ``(..., 7)``,
+    ``shape_para`` ``(..., K')``, ``exp_para`` ``(..., E')`` (truncated or
+    zero-padded to the model's sizes), ``image_height`` scalar or ``(...)``.
+    With ``mirror_width`` W (scalar or ``(...)``; NaN entries: not mirrored)
+    the result is mirrored (``x -> W - 1 - x``) and re-ordered with the
+    68-point mirror permutation (a ``_Flip`` sample reconstructed from its
+    original's labels).
+    """
+    from dhm_data.geometry.landmarks68 import MIRROR_68
+
+    S = model.reconstruct(fit_length(shape_para, model.n_identity), fit_length(exp_para, model.n_expression))
+    P = camera.model_to_image(S[..., : model.landmark_indices.size, :], pose_para, image_height)
+    if mirror_width is not None:
+        W = np.asarray(mirror_width, np.float64)
+        mirrored = np.isfinite(W)
+        flipped = P[..., np.asarray(MIRROR_68), :]
+        flipped[..., 0] = W[..., None] - 1 - flipped[..., 0]
+        P = np.where(mirrored[..., None, None], flipped, P)
+    return P
+
+
+def check_landmarks(sample: Sample, image_hw) -> None:
+    """Reject NaN/inf labels and landmarks outside the image (more than one
+    box size away: labels of occluded points may legitimately leave the
+    frame a little)."""
+    lm = np.asarray(sample.landmarks_2d, np.float64)
+    if lm.shape != (68, 2):
+        raise PrepareError(f"landmarks have shape {lm.shape}, expected (68, 2)")
+    bad = ~np.isfinite(lm).all(axis=1)
+    if bad.any():
+        raise PrepareError(f"{int(bad.sum())} of 68 landmarks are NaN/inf (points {np.flatnonzero(bad)[:8].tolist()}...)")
+    h, w = image_hw
+    lo, hi = lm.min(0), lm.max(0)
+    size = float(np.max(hi - lo))
+    if lo[0] < -size or lo[1] < -size or hi[0] > w - 1 + size or hi[1] > h - 1 + size:
+        raise PrepareError(f"landmarks lie outside the {w}x{h} image (box {lo.round(1).tolist()} - {hi.round(1).tolist()})")
+
+
+def sample_window(sample: Sample, config: PrepareConfig) -> CropWindow:
+    """The snapped crop window of ``sample`` (:func:`dhm_data.geometry.crop.crop_window`)."""
+    try:
+        return crop_window(sample.landmarks_2d, config.crop_size, config.margin)
+    except CropError as e:
+        raise PrepareError(str(e)) from e
+
+
+def pose_parameters(sample: Sample):
+    """What :func:`posed_landmarks` needs for ``sample``'s 3D landmarks:
+    ``(pose, shape, exp, image height, mirror width or NaN)``, or None when
+    the dataset gives the landmarks themselves; :class:`PrepareError` when
+    there are neither landmarks nor parameters.  A mirrored sample is posed
+    from its original photo's parameters (``extra["mirror_source"]``)."""
+    if sample.landmarks_3d is not None:
+        return None
+    h = sample.image_size[0]
+    mirror = sample.extra.get("mirror_source")
+    if mirror is not None:
+        return mirror["pose_para"], mirror["shape_para"], mirror["exp_para"], h, float(mirror["width"])
+    if sample.pose_para is not None and sample.shape_para is not None:
+        return sample.pose_para, sample.shape_para, sample.exp_para, h, np.nan
+    raise PrepareError("no 3D landmarks and no 3DMM parameters (run the fit stage)")
+
+
+def source_landmarks_3d(samples: list, model: MorphableModel) -> list:
+    """``(68, 3)`` posed 3D landmarks in source pixels for each sample: the
+    dataset's own, else posed from the 3DMM parameters, all in one batched
+    :func:`posed_landmarks` call (a sample without either raises
+    :class:`PrepareError`, see :func:`pose_parameters`)."""
+    params = [pose_parameters(s) for s in samples]
+    out = [None if p is not None else np.asarray(s.landmarks_3d, np.float64) for s, p in zip(samples, params)]
+    todo = [i for i, p in enumerate(params) if p is not None]
+    if todo:
+        def stack(j, n):
+            return np.stack([fit_length(params[i][j], n) for i in todo])
+
+        P = posed_landmarks(model, np.stack([np.asarray(params[i][0], np.float64) for i in todo]),
+                            stack(1, model.n_identity), stack(2, model.n_expression),
+                            np.array([params[i][3] for i in todo], np.float64),
+                            np.array([params[i][4] for i in todo], np.float64))
+        for k, i in enumerate(todo):
+            out[i] = P[k]
+    return out
+
+
+def prepare_row(sample: Sample, A: np.ndarray, landmarks_3d: np.ndarray, label_source: str, fit_residual=np.nan,
+                fit_converged=True) -> dict:
+    """The shard row of one sample without its pixel fields (image, DHM).
+
+    ``A`` 2x3 source -> crop affine; ``landmarks_3d`` ``(68, 3)`` in source
+    pixels.  The row's ``landmarks_3d`` (crop pixels, float32) is what the DHM
+    is rendered from.
+    """
+    lm2 = apply_affine(A, sample.landmarks_2d)
+    lm3 = apply_affine(A, landmarks_3d)
+    if sample.pose_para is not None:
+        pose = np.asarray(sample.pose_para, np.float64)
+    else:
+        pose = np.full(7, np.nan)
+    yaw = sample.extra.get("yaw_deg", float(camera.yaw_degrees(pose)))
+    return {
+        "landmarks_2d": lm2.astype(np.float32),
+        "landmarks_3d": lm3.astype(np.float32),
+        "pose_para": pose.astype(np.float32),
+        "shape_para": np.asarray(sample.shape_para, np.float32),
+        "exp_para": np.asarray(sample.exp_para, np.float32),
+        "crop_affine": np.asarray(A, np.float64),
+        "yaw": np.float32(yaw),
+        "name": sample.name,
+        "subset": sample.subset,
+        "flipped": bool(sample.flipped),
+        "label_source": label_source,
+        "fit_residual": np.float32(fit_residual),
+        "fit_converged": bool(fit_converged),
+    }
+
+
+def mean_shape_dhm(model: MorphableModel, config: PrepareConfig) -> np.ndarray:
+    """The initialisation DHM: the model's mean landmarks, frontal
+    (Pose_Para = 0 rotation), cropped with the build's crop rule."""
+    mean = model.reconstruct()[: model.landmark_indices.size]
+    pts = camera.model_to_image(mean, np.array([0, 0, 0, 0, 0, 0, 1.0]), 0)
+    valid = np.isfinite(pts).all(axis=1)
+    A = unsnapped_crop_affine(pts[valid], config.crop_size, config.margin)  # model units: no pixel snapping
+    return render_dhm(apply_affine(A, pts), config.crop_size, config.sigma)
