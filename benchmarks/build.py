@@ -19,10 +19,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _trees import synthetic_300wlp
 
 from dhm_data.build.flow import BuildRequest, run_build
 from dhm_data.build.runner import keep_freed_memory
-from _trees import synthetic_300wlp
 
 
 def decode_all(paths, flags=cv2.IMREAD_COLOR):

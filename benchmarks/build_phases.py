@@ -21,15 +21,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _trees import synthetic_300wlp
 
 from dhm_data.build.flow import BLOCK_SIZE, BuildRequest, _plan_sample, _stack, plan, resolve_model
+from dhm_data.build.runner import keep_freed_memory
+from dhm_data.formats.images import decode_rgb
 from dhm_data.geometry.crop import extract_crop
 from dhm_data.prepare.dhm import QuantisedDHMBlocks
-from dhm_data.formats.images import decode_rgb
 from dhm_data.prepare.row import PrepareConfig, prepare_row, source_landmarks_3d
-from dhm_data.build.runner import keep_freed_memory
-from dhm_data.shards.shards import ShardWriter
-from _trees import synthetic_300wlp
+from dhm_data.shards import ShardWriter
 
 
 def one_shard(reader, items, model, config, out: Path, T: dict) -> None:

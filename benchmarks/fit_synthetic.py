@@ -36,8 +36,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dhm_data.fit import fitting
-from dhm_data.fit.fitting import FitConfig, fit
+from dhm_data.fit import FitConfig, fit, fitting
 from dhm_data.models.synthetic import load_synthetic_model
 
 H = 450

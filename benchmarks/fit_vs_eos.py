@@ -40,9 +40,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from dhm_data.fit import FitConfig, fitting
 from dhm_data.geometry import camera
-from dhm_data.fit import fitting
-from dhm_data.fit.fitting import FitConfig
 
 W = H = 450
 REPO = Path(__file__).resolve().parents[1]

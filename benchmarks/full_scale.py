@@ -43,7 +43,6 @@ from pathlib import Path
 
 from _trees import synthetic_300wlp
 
-
 REAL_NON_FLIPPED = 61_225          # IBUG 1,786 + AFW 5,207 + LFPW 16,556 + HELEN 37,676
 REAL_TOTAL = 2 * REAL_NON_FLIPPED  # with the _Flip mirrors: 122,450
 
@@ -126,7 +125,7 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
 
 
 def loader_rate(split_dir: Path, workers: int, max_batches: int = 200) -> float:
-    from dhm_data.load.loader import Loader, ShardDataset
+    from dhm_data.load import Loader, ShardDataset
 
     ds = ShardDataset(split_dir, fields=["image", "dhm", "landmarks_2d", "landmarks_3d", "pose_para"])
     loader = Loader(ds, batch_size=64, shuffle=True, seed=0, num_workers=workers, copy=False)

@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dhm_data.load import Loader, ShardDataset
 from dhm_data.prepare.dhm import render_dhm
-from dhm_data.load.loader import Loader, ShardDataset
-from dhm_data.shards.shards import write_shard
+from dhm_data.shards import write_shard
 
 FIELDS = ["image", "dhm", "landmarks_2d", "landmarks_3d", "pose_para", "shape_para", "exp_para"]
 

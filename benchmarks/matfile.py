@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import scipy.io
+from _trees import synthetic_300wlp
 
 from dhm_data.formats.matfile import load_mat
-from _trees import synthetic_300wlp
 
 LABELS = ("Pose_Para", "Shape_Para", "Exp_Para")
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

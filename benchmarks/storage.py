@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import h5py  # noqa: E402
 import hdf5plugin  # noqa: E402
 
-from dhm_data.shards import schema
+from dhm_data.load import _blosc_decoder, _chunk_table
 from dhm_data.prepare.dhm import render_dhm
-from dhm_data.load.loader import _blosc_decoder, _chunk_table
+from dhm_data.shards import schema
 
 
 def _bench_module():

@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 __all__ = ["ShardDataset", "Loader", "HorizontalFlip", "evaluate", "load_model", "__version__"]
 
 _LAZY = {
-    "ShardDataset": ("dhm_data.load.loader", "ShardDataset"),
-    "Loader": ("dhm_data.load.loader", "Loader"),
-    "HorizontalFlip": ("dhm_data.load.loader", "HorizontalFlip"),
+    "ShardDataset": ("dhm_data.load", "ShardDataset"),
+    "Loader": ("dhm_data.load", "Loader"),
+    "HorizontalFlip": ("dhm_data.load", "HorizontalFlip"),
     "evaluate": ("dhm_data.evaluate.metrics", "evaluate"),
     "load_model": ("dhm_data.models.formats", "load_model"),
 }

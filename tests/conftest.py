@@ -64,7 +64,7 @@ def synthetic_tree(tmp_path_factory):
 
 def shard_contents(build_dir: Path) -> dict:
     """Every field of every shard of a build, by relative shard path."""
-    from dhm_data.shards.shards import read_columns
+    from dhm_data.shards import read_columns
 
     out = {}
     for p in sorted(Path(build_dir).glob("*/shard-*.h5")):

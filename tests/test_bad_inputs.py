@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from dhm_data.errors import DatasetError
 from dhm_data.datasets import get_reader
+from dhm_data.errors import DatasetError
 
 
 # ------------------------------------------------------------------ helpers
@@ -117,7 +117,7 @@ def check_cases(pipeline, root: Path, cases: dict, tmp_path: Path):
     also-rejected names)}."""
     import re
 
-    from dhm_data.shards.shards import ShardReader
+    from dhm_data.shards import ShardReader
 
     reader = get_reader(pipeline)(root)
     items = {it.name: it for it in reader.items()}

@@ -8,7 +8,7 @@ import scipy.io as sio
 from dhm_data.build.flow import BuildRequest, run_build
 from dhm_data.geometry.crop import apply_affine, invert_affine
 from dhm_data.prepare.dhm import normalise_coordinates
-from dhm_data.shards.shards import read_columns
+from dhm_data.shards import read_columns
 
 
 def _build(pipeline, root, out, bfm):

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import assert_same_contents, shard_contents
 
 
@@ -83,7 +82,7 @@ def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
 
 def test_a_rebuild_with_fewer_shards_leaves_only_the_planned_ones(tmp_path, synthetic_tree):
     from dhm_data.build.flow import BuildRequest, run_build
-    from dhm_data.load.loader import ShardDataset
+    from dhm_data.load import ShardDataset
 
     root = synthetic_tree("aflw2000", 8)
     out = tmp_path / "b"

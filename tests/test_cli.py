@@ -95,7 +95,7 @@ def test_build_after_fit_bfm_reuses_the_fits(tmp_path, synthetic_tree):
 
 
 def test_dhm_storage_option_changes_storage_not_values(tmp_path, synthetic_tree):
-    from dhm_data.shards.shards import read_columns
+    from dhm_data.shards import read_columns
 
     root = synthetic_tree("aflw2000", 8)
     run = CliRunner().invoke

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from dhm_data.errors import DatasetError
 from dhm_data.datasets import get_reader
+from dhm_data.errors import DatasetError
 
 
 def _truth(root):
@@ -125,8 +125,8 @@ def test_bad_mat_files_name_the_file_and_the_key(aflw_copy):
 
 
 def test_build_rejects_bad_samples_lists_them_and_strict_fails(aflw_copy, tmp_path):
-    from dhm_data.errors import BuildError
     from dhm_data.build.flow import BuildRequest, run_build
+    from dhm_data.errors import BuildError
 
     items = get_reader("aflw2000")(aflw_copy).items()
     items[0].paths[0].write_bytes(b"not a jpeg at all")          # undecodable image
@@ -161,7 +161,7 @@ def test_bad_t7_is_rejected_with_its_path(tmp_path, synthetic_tree):
 
 def test_a_shard_whose_samples_are_all_rejected_reads_as_zero_rows(tmp_path, synthetic_tree):
     from dhm_data.build.flow import BuildRequest, run_build
-    from dhm_data.shards.shards import read_columns
+    from dhm_data.shards import read_columns
 
     shutil.copytree(synthetic_tree("aflw2000", 8), tmp_path / "tree")
     items = get_reader("aflw2000")(tmp_path / "tree").items()
@@ -175,9 +175,9 @@ def test_a_shard_whose_samples_are_all_rejected_reads_as_zero_rows(tmp_path, syn
 
 
 def test_flip_samples_carry_their_own_labels(synthetic_tree, tmp_path):
-    from dhm_data.geometry import camera
     from dhm_data.build.flow import BuildRequest, run_build
-    from dhm_data.shards.shards import read_columns
+    from dhm_data.geometry import camera
+    from dhm_data.shards import read_columns
 
     root = synthetic_tree("300wlp", 20)
     run_build(BuildRequest("300wlp", root, tmp_path / "b", None, progress=False), echo=lambda m: None)

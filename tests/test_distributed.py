@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import assert_same_contents, shard_contents
 from test_faults import SITECUSTOMIZE
 

@@ -10,9 +10,9 @@ import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from dhm_data.evaluate import metrics as ev
 from dhm_data.cli.evaluate import main
 from dhm_data.errors import GroundTruthError
+from dhm_data.evaluate import metrics as ev
 from dhm_data.evaluate.ground_truth import PredictionFile, align_predictions, load_ground_truth, match_order
 
 
@@ -273,7 +273,7 @@ def aflw_build(tmp_path_factory):
 
 
 def test_build_ground_truth_matches_raw(aflw_build, tmp_path):
-    from dhm_data.shards.shards import read_columns
+    from dhm_data.shards import read_columns
 
     raw_root, build = aflw_build
     raw = load_ground_truth("aflw2000", root=raw_root)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dhm_data.evaluate import metrics as ev
 from dhm_data.errors import EvaluationError, PredictionError
+from dhm_data.evaluate import metrics as ev
 
 
 # ------------------------------------------------------------------ a case computed on paper

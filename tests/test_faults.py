@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_same_contents, shard_contents
 
 SITECUSTOMIZE = textwrap.dedent('''
@@ -153,7 +152,7 @@ def no_visible_partial_output(out: Path) -> None:
     """Every file under a final name is complete: each shard and fit file
     opens and (shards) passes verification; temporary files are dot-files."""
     from dhm_data.fit.result_file import read_fits
-    from dhm_data.shards.shards import verify_shard
+    from dhm_data.shards import verify_shard
 
     for p in out.rglob("*"):
         if p.is_file() and not p.name.startswith(".") and ".tmp-" in p.name:
@@ -277,7 +276,7 @@ def _damage(path: Path, how: str) -> str | None:
     i = 3
     data[_dhm_chunk_offset(path, i) + 40] ^= 0x5A       # inside sample 3's compressed DHM
     path.write_bytes(bytes(data))
-    from dhm_data.shards.shards import ShardReader
+    from dhm_data.shards import ShardReader
 
     with ShardReader(path) as r:
         return str(r.read("name", [i])[0])
@@ -288,8 +287,8 @@ def test_damaged_shard_is_caught_named_and_only_it_is_rebuilt(how, built, lp_tre
     from click.testing import CliRunner
 
     from dhm_data.cli import main
-    from dhm_data.load.loader import Loader, ShardDataset
     from dhm_data.errors import ShardError
+    from dhm_data.load import Loader, ShardDataset
 
     out, expected = built
     shards = sorted(out.glob("*/shard-*.h5"))
@@ -331,8 +330,8 @@ def test_damaged_shard_is_caught_named_and_only_it_is_rebuilt(how, built, lp_tre
 def test_loader_names_file_and_sample_for_any_damaged_sample(where, built):
     import h5py
 
-    from dhm_data.load.loader import ShardDataset
     from dhm_data.errors import ShardError
+    from dhm_data.load import ShardDataset
 
     out, _ = built
     victim = out / "train" / "shard-00002.h5"

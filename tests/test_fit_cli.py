@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dhm_data.geometry import camera
 from dhm_data.cli import main
 from dhm_data.fit.result_file import read_fits
+from dhm_data.geometry import camera
 
 
 def run(*args):

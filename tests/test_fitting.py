@@ -6,12 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dhm_data.geometry import camera
-from dhm_data.fit import fitting
-from dhm_data.errors import FitFileError
+from dhm_data.errors import FitFileError, FittingError
+from dhm_data.fit import FitConfig, fit, fitting
 from dhm_data.fit.result_file import read_fits, write_fits
-from dhm_data.fit.fitting import FitConfig, fit
-from dhm_data.errors import FittingError
+from dhm_data.geometry import camera
 from dhm_data.models.morphable import MorphableModel
 
 
@@ -393,9 +391,9 @@ def test_mesh_export_obj_ply(tmp_path, bfm68_dir):
     import trimesh
 
     from dhm_data.errors import MeshError
-    from dhm_data.viz.mesh import export_mesh
     from dhm_data.models.formats import load_model
     from dhm_data.models.synthetic import load_synthetic_model
+    from dhm_data.viz.mesh import export_mesh
 
     m = load_synthetic_model()
     a = np.random.default_rng(0).normal(size=199) * m.identity_std

@@ -5,16 +5,13 @@ import multiprocessing as mp
 
 import numpy as np
 import pytest
-
-from dhm_data.shards import schema
-from dhm_data.prepare.dhm import render_dhm
-from dhm_data.geometry.landmarks68 import CENTRE_68, LEFT_EYE, MIRROR_68, RIGHT_EYE, mirror_landmarks
-from dhm_data.load.loader import HorizontalFlip, Loader, ShardDataset, epoch_order, rank_order, shard_paths
-from dhm_data.errors import LoaderError
-from dhm_data.errors import ShardError
-from dhm_data.shards.shards import read_columns, write_shard
-
 from test_shards import make_columns
+
+from dhm_data.errors import LoaderError, ShardError
+from dhm_data.geometry.landmarks68 import CENTRE_68, LEFT_EYE, MIRROR_68, RIGHT_EYE, mirror_landmarks
+from dhm_data.load import HorizontalFlip, Loader, ShardDataset, epoch_order, rank_order, shard_paths
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.shards import read_columns, schema, write_shard
 
 SIZES = (40, 27, 20)   # 87 samples in three shards (+ one empty shard)
 

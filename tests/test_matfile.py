@@ -15,9 +15,9 @@ import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dhm_data.datasets.labels import field, labelled_parameters
 from dhm_data.errors import DatasetError
 from dhm_data.formats import matfile
-from dhm_data.datasets.labels import field, labelled_parameters
 from dhm_data.formats.matfile import load_mat
 from dhm_data.synth import compact_zero, mat_v5_bytes
 

@@ -21,8 +21,7 @@ import pytest
 import scipy.io
 
 from dhm_data.errors import ModelFileError
-from dhm_data.models.formats import detect_format, load_model
-from dhm_data.models.formats import bfm2009, compact, surrey
+from dhm_data.models.formats import bfm2009, compact, detect_format, load_model, surrey
 from dhm_data.models.formats.compact import FORMAT_MARKER, save_compact
 from dhm_data.models.morphable import MorphableModel
 

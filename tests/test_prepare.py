@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from dhm_data.geometry import camera
 from dhm_data.datasets.base import Sample
-from dhm_data.geometry.landmarks68 import MIRROR_68
 from dhm_data.errors import PrepareError
-from dhm_data.prepare.row import posed_landmarks, source_landmarks_3d
+from dhm_data.geometry import camera
+from dhm_data.geometry.landmarks68 import MIRROR_68
 from dhm_data.models.synthetic import load_synthetic_model
+from dhm_data.prepare.row import posed_landmarks, source_landmarks_3d
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_stored_dhms_are_the_render_of_the_stored_landmarks(synthetic_tree, tmp_
     re-rendering from a shard (e.g. after a flip) reproduces it exactly."""
     from dhm_data.build.flow import BuildRequest, run_build
     from dhm_data.prepare.dhm import render_dhm
+    from dhm_data.shards import read_columns
     from dhm_data.shards.schema import quantise
-    from dhm_data.shards.shards import read_columns
 
     out = tmp_path / "out"
     run_build(BuildRequest("300wlp", synthetic_tree("300wlp", 12), out, progress=False), echo=lambda m: None)

@@ -7,10 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dhm_data.shards import schema
-from dhm_data.prepare.dhm import render_dhm
 from dhm_data.errors import ShardCorruptError, ShardError, ShardSchemaError
-from dhm_data.shards.shards import ShardReader, read_columns, shard_info, verify_shard, write_shard
+from dhm_data.prepare.dhm import render_dhm
+from dhm_data.shards import ShardReader, read_columns, schema, shard_info, verify_shard, write_shard
 
 
 def make_columns(n, size=24, K=5, E=3, seed=0):
@@ -342,7 +341,7 @@ def test_not_a_shard(tmp_path):
 def test_streamed_shard_equals_the_one_shot_shard(tmp_path, dhm_storage):
     """Pixel fields appended in uneven blocks give the same datasets, digests
     and CRCs as write_shard given every column at once."""
-    from dhm_data.shards.shards import ShardWriter
+    from dhm_data.shards import ShardWriter
 
     cols = make_columns(11, seed=4)
     cols["dhm"] = schema.quantise(cols["dhm"])
@@ -368,7 +367,7 @@ def test_streamed_shard_equals_the_one_shot_shard(tmp_path, dhm_storage):
 
 
 def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
-    from dhm_data.shards.shards import ShardWriter
+    from dhm_data.shards import ShardWriter
 
     cols = make_columns(6, seed=2)
     cols["dhm"] = schema.quantise(cols["dhm"])
@@ -393,8 +392,7 @@ def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
 
 def test_streamed_shard_rewrite_is_block_wise(tmp_path, monkeypatch):
     """The rewrite at the true size copies in blocks (never the whole column)."""
-    from dhm_data.shards import shards
-    from dhm_data.shards.shards import ShardWriter
+    from dhm_data.shards import ShardWriter, shards
 
     monkeypatch.setattr(shards, "_COPY_BLOCK", 4)
     seen = []
@@ -419,7 +417,7 @@ def test_streamed_shard_rewrite_is_block_wise(tmp_path, monkeypatch):
 
 
 def test_streamed_shard_errors_leave_nothing(tmp_path):
-    from dhm_data.shards.shards import ShardWriter
+    from dhm_data.shards import ShardWriter
 
     cols = make_columns(3)
     with pytest.raises(ShardSchemaError, match=r"field 'dhm': expected a \(3, 24, 24, 3\) uint8 block, found .*float32"):

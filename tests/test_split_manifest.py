@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from dhm_data.datasets.base import Item
-from dhm_data.build.manifests import assign_split, check_counts, load_manifest
-from dhm_data.errors import PipelineError
 from dhm_data.build.config import available_pipelines, load_pipeline
+from dhm_data.build.manifests import assign_split, check_counts, load_manifest
+from dhm_data.datasets.base import Item
+from dhm_data.errors import PipelineError
 
 
 def _items(n_photos, steps=3, seed=0):

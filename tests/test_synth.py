@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import scipy.io
 
+from dhm_data.errors import SynthError
 from dhm_data.geometry import camera
 from dhm_data.geometry.landmarks68 import MIRROR_68
-from dhm_data.errors import SynthError
-from dhm_data.synth import march_landmarks, synthesize
 from dhm_data.models.synthetic import SYNTHETIC_MODEL_ID, load_synthetic_model, synthetic_model_path
+from dhm_data.synth import march_landmarks, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -344,7 +344,7 @@ def test_aflw_pt3d_agrees_with_the_fitting_module(aflw_tree, model):
     """The synthetic labels use the same landmark marching as the fitter, so a
     perfect fit reproduces them exactly."""
     try:
-        from dhm_data.fit.fitting import posed_model_landmarks
+        from dhm_data.fit import posed_model_landmarks
     except ImportError as e:  # pragma: no cover - fitting module absent in a partial checkout
         pytest.skip(f"dhm_data.fit.fitting not available: {e}")
     mats = [scipy.io.loadmat(f, mat_dtype=True) for f in sorted((aflw_tree / "AFLW2000").glob("*.mat"))]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data.errors import DatasetError
+from dhm_data.build.manifests import shard_chunks
 from dhm_data.build.runner import Unit, fingerprint
 
 
@@ -43,16 +44,15 @@ def load_landmarks_3d(path) -> dict:
 
 
 def fit_units(layout, reader, lm_model, cfg, splits, shard_size, landmarks_3d: dict | None = None) -> list[Unit]:
-    from dhm_data.build.flow import _chunks, _model_digest
     from dhm_data import __version__
 
     fit_cfg = dict(cfg.get("fit", {}))
     units = []
     for split, items in splits.items():
-        for i, chunk in enumerate(_chunks(items, shard_size)):
+        for i, chunk in enumerate(shard_chunks(items, shard_size)):
             out = layout.fits(split, i)
             l3 = {it.name: landmarks_3d[it.name] for it in chunk if landmarks_3d and it.name in landmarks_3d}
-            params = {"stage": "fit", "fit": fit_cfg, "model": _model_digest(lm_model), "version": __version__,
+            params = {"stage": "fit", "fit": fit_cfg, "model": lm_model.digest(), "version": __version__,
                       "reader": [cfg["build"]["reader"], cfg.get("reader", {})], "l3": sorted(l3)}
             extra = [hashlib.sha256(np.ascontiguousarray(l3[k], np.float64).tobytes()).hexdigest() for k in sorted(l3)]
             fp = fingerprint(params, [p for it in chunk for p in it.paths], extra)
@@ -64,7 +64,7 @@ def fit_units(layout, reader, lm_model, cfg, splits, shard_size, landmarks_3d: d
 def fit_shard(payload) -> dict:
     """Worker: fit every sample of one shard in one batched solve."""
     from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
-    from dhm_data.fit.fitting import FitConfig, fit
+    from dhm_data.fit import FitConfig, fit
 
     reader, items, lm_model, fit_cfg, out, l3 = payload
     names, lm2, lm3, heights, rejections = [], [], [], [], []

@@ -21,7 +21,7 @@ from dhm_data.geometry.crop import CropWindow
 from dhm_data.errors import BuildError, DatasetError
 from dhm_data.datasets import get_reader
 from dhm_data.datasets.base import DatasetReader, Item, Sample
-from dhm_data.build.manifests import assign_split, check_counts, load_manifest
+from dhm_data.build.manifests import assign_split, check_counts, load_manifest, shard_chunks
 from dhm_data.build.layout import BuildLayout
 from dhm_data.models.morphable import MorphableModel
 from dhm_data.build.config import load_pipeline
@@ -111,10 +111,6 @@ def _record_plan(layout: BuildLayout, splits, lm_model: MorphableModel) -> None:
     _cache_model(layout, lm_model)
 
 
-def _chunks(items, size):
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def run_build(req: BuildRequest, echo=print) -> dict:
     """Run (or resume) a build; returns the summary also written to build.json."""
     layout = BuildLayout(req.out)
@@ -131,7 +127,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
             fits, fit_summary = run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req)
         units = []
         for split, split_items in splits.items():
-            for i, chunk in enumerate(_chunks(split_items, shard_size)):
+            for i, chunk in enumerate(shard_chunks(split_items, shard_size)):
                 out = layout.shard(split, i)
                 fit_file = fits.get((split, i))
                 attrs = {
@@ -142,7 +138,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
                     "package_version": __version__,
                     "model": model.name,
                 }
-                params = {"stage": "prepare", "cfg": cfg, "model": _model_digest(lm_model), "version": __version__}
+                params = {"stage": "prepare", "cfg": cfg, "model": lm_model.digest(), "version": __version__}
                 fp = fingerprint(params, [p for it in chunk for p in it.paths] + ([fit_file] if fit_file else []))
                 units.append(Unit("prepare", f"{split}/{layout.shard_name(i)}", fp, [out],
                                   (reader, chunk, lm_model, config, out, attrs, fit_file), n=len(chunk)))
@@ -159,15 +155,6 @@ def run_build(req: BuildRequest, echo=print) -> dict:
     return summary
 
 
-def _model_digest(model: MorphableModel) -> str:
-    import hashlib
-
-    h = hashlib.sha256(model.name.encode())
-    for a in (model.mean, model.identity_basis, model.expression_basis, model.identity_std, model.expression_std):
-        h.update(np.ascontiguousarray(a, np.float64).tobytes())
-    return h.hexdigest()[:16]
-
-
 def _cache_model(layout: BuildLayout, lm_model: MorphableModel) -> None:
     try:
         from dhm_data.models.formats.compact import save_compact
@@ -180,7 +167,7 @@ def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
     """Run (or resume) the fit units; returns ({(split, shard index): fits
     file}, summary of the fits)."""
     from dhm_data.build.fit_stage import fit_shard, fit_units, load_landmarks_3d
-    from dhm_data.fit.fitting import FitConfig
+    from dhm_data.fit import FitConfig
 
     unknown = sorted(set(cfg.get("fit", {})) - set(FitConfig.__dataclass_fields__))
     if unknown:
@@ -312,7 +299,7 @@ def prepare_shard(payload) -> dict:
     from dhm_data.geometry.crop import extract_crop
     from dhm_data.prepare.dhm import QuantisedDHMBlocks
     from dhm_data.formats.images import decode_rgb
-    from dhm_data.shards.shards import ShardWriter
+    from dhm_data.shards import ShardWriter
 
     cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
     keep_freed_memory()  # large blocks reused, not fresh pages per image (see its docstring)

@@ -76,3 +76,8 @@ def assign_split(items: list[Item], rule: str, manifest: dict) -> "OrderedDict[s
     train_items = [it for it in items if it.source_id not in val]
     val_items = [it for it in items if it.source_id in val]
     return OrderedDict([("train", train_items), ("val", val_items)])
+
+
+def shard_chunks(items: list, size: int) -> list[list]:
+    """``items`` cut in order into shards of ``size`` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from dhm_data.errors import DatasetError
 from dhm_data.build.layout import BuildLayout
-from dhm_data.errors import PipelineError
+from dhm_data.errors import DatasetError, PipelineError
 
 
 def _fail(e: Exception):
@@ -49,10 +48,8 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
     shards it affects.  Shipped pipelines: 300wlp, aflw2000,
     aflw2000-reannotated, ls3dw.
     """
-    from dhm_data.errors import BuildError
     from dhm_data.build.flow import BuildRequest, run_build
-    from dhm_data.errors import ModelFileError
-    from dhm_data.errors import BackendError, BuildLockedError, UnitError
+    from dhm_data.errors import BackendError, BuildError, BuildLockedError, ModelFileError, UnitError
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size,
                  "shards.dhm_storage": dhm_storage}
@@ -102,7 +99,7 @@ def verify(out):
     """Check every shard of OUT: sample counts against build.json and checksums."""
     from dhm_data.build.runner import plan_status
     from dhm_data.errors import ShardError
-    from dhm_data.shards.shards import verify_shard
+    from dhm_data.shards import verify_shard
 
     layout = BuildLayout(out)
     if not layout.summary.exists():

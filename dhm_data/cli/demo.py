@@ -19,10 +19,9 @@ def demo(out, n, jobs, seed, fresh):
     exact on-disk formats of the real ones), build all three (LS3D-W through
     the fit stage), draw a sample, score noisy predictions with dhm-eval's
     protocol, and print where everything is."""
-    from dhm_data.errors import BuildError
     from dhm_data.build.flow import BuildRequest, run_build
-    from dhm_data.errors import BuildLockedError, UnitError
     from dhm_data.build.layout import BuildLayout
+    from dhm_data.errors import BuildError, BuildLockedError, UnitError
     from dhm_data.synth import synthesize
 
     if fresh and out.exists():
@@ -44,7 +43,7 @@ def demo(out, n, jobs, seed, fresh):
         extra = f", fitted {s['fit']['fitted']} (converged {s['fit']['converged']})" if s.get("fit") else ""
         lines.append(f"  {dataset:9s} raw {tree}\n            shards {builds / dataset}: {s['written']}, rejected {s['rejected']}{extra}")
 
-    from dhm_data.load.loader import ShardDataset
+    from dhm_data.load import ShardDataset
     from dhm_data.viz.sample import sample_picture, save_png
 
     picture = out / "sample.png"
@@ -65,8 +64,8 @@ def _evaluate_demo(out: Path, build_dir: Path) -> str:
     protocol, as a user would score a model's predictions."""
     import numpy as np
 
-    from dhm_data.evaluate.metrics import evaluate
     from dhm_data.evaluate.ground_truth import load_ground_truth
+    from dhm_data.evaluate.metrics import evaluate
 
     gt = load_ground_truth("aflw2000", build=build_dir)
     rng = np.random.default_rng(0)

@@ -109,8 +109,8 @@ def main(preds, dataset, root, build_dir, aflw2000_root, threshold, auc_variant,
     """
     from dhm_data import __version__
     from dhm_data.errors import EvaluationError
-    from dhm_data.evaluate.metrics import YAW_BIN_LABELS, bin_counts, comparison_table, evaluate, yaw_bin_index
     from dhm_data.evaluate.ground_truth import align_predictions, load_ground_truth, read_predictions
+    from dhm_data.evaluate.metrics import YAW_BIN_LABELS, bin_counts, comparison_table, evaluate, yaw_bin_index
 
     if root is None and build_dir is None:
         raise click.UsageError("give the ground truth: --root DIR (raw dataset or 3DDFA arrays) or --build DIR")

@@ -15,8 +15,8 @@ _SHOW_FLAGGED = 30
 
 
 def _config(regularisation, max_iterations, tolerance, max_residual, jaw, method, pipeline_fit=None):
-    from dhm_data.fit.fitting import FitConfig
     from dhm_data.errors import FittingError
+    from dhm_data.fit import FitConfig
 
     kw = {k: v for k, v in (pipeline_fit or {}).items() if k in FitConfig.__dataclass_fields__}
     for k, v in (("regularisation", regularisation), ("max_iterations", max_iterations), ("tolerance", tolerance),
@@ -130,11 +130,9 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
           (B, 7), shape_para, exp_para, residuals and converged / flagged flags
           (format: dhm_data.fit.result_file). Reruns with the same input skip the work.
     """
-    from dhm_data.errors import FitFileError
+    from dhm_data.errors import FitFileError, FittingError, ModelFileError
+    from dhm_data.fit import fit
     from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
-    from dhm_data.errors import FittingError
-    from dhm_data.fit.fitting import fit
-    from dhm_data.errors import ModelFileError
     from dhm_data.models.formats import load_model
 
     echo = lambda m: click.echo(m, err=True)  # noqa: E731
@@ -184,12 +182,16 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
 def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,
                  method, jobs, backend, quiet, echo):
     """DATASET mode: the build's fit stage alone (:func:`dhm_data.build.flow.run_fit`)."""
-    from dhm_data.errors import BuildError
     from dhm_data.build.flow import BuildRequest, run_fit
-    from dhm_data.errors import DatasetError
-    from dhm_data.errors import ModelFileError
-    from dhm_data.errors import PipelineError
-    from dhm_data.errors import BackendError, BuildLockedError, UnitError
+    from dhm_data.errors import (
+        BackendError,
+        BuildError,
+        BuildLockedError,
+        DatasetError,
+        ModelFileError,
+        PipelineError,
+        UnitError,
+    )
 
     if root is None:
         raise click.UsageError("DATASET mode needs --root DIR (the raw dataset folder)")

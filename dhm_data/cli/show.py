@@ -17,9 +17,7 @@ import click
 @click.option("--bfm", type=click.Path(path_type=Path), default=None, help="Full model for --mesh.")
 def show(out, index, split, output, mesh, bfm):
     """Draw sample INDEX of the build OUT: the crop with its landmarks, the DHM beside it."""
-    from dhm_data.errors import MeshError
-    from dhm_data.errors import ModelFileError
-    from dhm_data.errors import ShardError
+    from dhm_data.errors import MeshError, ModelFileError, ShardError
 
     try:
         _show(out, index, split, output, mesh, bfm)
@@ -29,7 +27,7 @@ def show(out, index, split, output, mesh, bfm):
 
 def _show(out, index, split, output, mesh, bfm):
     from dhm_data.build.layout import BuildLayout
-    from dhm_data.load.loader import ShardDataset
+    from dhm_data.load import ShardDataset
     from dhm_data.viz.sample import sample_picture, save_png
 
     layout = BuildLayout(out)
@@ -44,8 +42,8 @@ def _show(out, index, split, output, mesh, bfm):
     save_png(output, sample_picture(s["image"], s["landmarks_2d"], s["dhm"]))
     click.echo(f"{output}: {s['name']} ({split_dir.name} #{index}, yaw {float(s['yaw']):.1f} deg)")
     if mesh is not None:
-        from dhm_data.viz.mesh import export_mesh
         from dhm_data.models.formats import load_model
+        from dhm_data.viz.mesh import export_mesh
 
         if bfm is None:
             raise click.ClickException("--mesh needs --bfm: the full model with triangles")

@@ -29,8 +29,8 @@ def synth(dataset, out, n, seed, bfm, force, quiet):
     into a temporary folder and renamed into place: an interrupted run leaves
     nothing behind.
     """
-    from dhm_data.synth import DATASETS, synthesize
     from dhm_data.errors import SynthError
+    from dhm_data.synth import DATASETS, synthesize
 
     model = None
     if bfm is not None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 
+from dhm_data.datasets.base import DatasetReader, Item, Sample
 from dhm_data.errors import DatasetError
-from dhm_data.datasets.base import Item, Sample, DatasetReader
 
 #: command-line name -> module in this package (each defines ``Reader``)
 READERS = {

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dhm_data.geometry import camera
-from dhm_data.formats.images import image_size
-from dhm_data.errors import DatasetError
 from dhm_data.datasets.base import DatasetReader, Item, Sample
+from dhm_data.datasets.labels import field, labelled_parameters, read_landmarks_t7
+from dhm_data.errors import DatasetError
 from dhm_data.formats.files import require_file
-from dhm_data.datasets.labels import field, labelled_parameters
+from dhm_data.formats.images import image_size
 from dhm_data.formats.matfile import load_mat
-from dhm_data.datasets.labels import read_landmarks_t7
+from dhm_data.geometry import camera
 
 
 class Reader(DatasetReader):

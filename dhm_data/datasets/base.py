@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from dhm_data.errors import DatasetError
 from dhm_data.formats.files import path_problem
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dhm_data.formats.images import image_size
-from dhm_data.errors import DatasetError
 from dhm_data.datasets.base import DatasetReader, Item, Sample
-from dhm_data.formats.files import require_file
 from dhm_data.datasets.labels import read_landmarks_t7
+from dhm_data.errors import DatasetError
+from dhm_data.formats.files import require_file
+from dhm_data.formats.images import image_size
 
 SUBSETS = (
     "300W-Testset-3D",

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.geometry import camera
-from dhm_data.formats.images import image_size
-from dhm_data.errors import DatasetError
 from dhm_data.datasets.base import DatasetReader, Item, Sample
-from dhm_data.formats.files import require_file
 from dhm_data.datasets.labels import field, labelled_parameters
+from dhm_data.errors import DatasetError
+from dhm_data.formats.files import require_file
+from dhm_data.formats.images import image_size
 from dhm_data.formats.matfile import load_mat
+from dhm_data.geometry import camera
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
 #: The 3DMM label variables read from a sample's .mat (the rest is never used).

@@ -180,8 +180,8 @@ def from_reference_arrays(dataset: str, folder) -> GroundTruth:
 
 # ------------------------------------------------------------------ (b) raw datasets
 def _reader(name: str, root, **options):
-    from dhm_data.errors import DatasetError
     from dhm_data.datasets import get_reader
+    from dhm_data.errors import DatasetError
 
     try:
         return get_reader(name)(root, **options)
@@ -202,8 +202,8 @@ def _load_all(reader) -> list:
 
 
 def _looks_like(name: str, root: Path) -> bool:
-    from dhm_data.errors import DatasetError
     from dhm_data.datasets import get_reader
+    from dhm_data.errors import DatasetError
 
     try:
         get_reader(name).locate(root)
@@ -263,10 +263,10 @@ def from_build(dataset: str, build) -> GroundTruth:
     parameters are labels (not fitted)."""
     import json
 
-    from dhm_data.geometry.crop import apply_affine, invert_affine
     from dhm_data.build.layout import BuildLayout
     from dhm_data.errors import ShardError
-    from dhm_data.shards.shards import read_columns
+    from dhm_data.geometry.crop import apply_affine, invert_affine
+    from dhm_data.shards import read_columns
 
     spec = _check_dataset(dataset)
     layout = BuildLayout(build)

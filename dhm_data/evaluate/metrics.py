@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
 from dhm_data.errors import EvaluationError, PredictionError
 
 N_LANDMARKS = 68

@@ -67,9 +67,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from dhm_data.errors import FittingError
 from dhm_data.geometry import camera
 from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
-from dhm_data.errors import FittingError
 
 __all__ = [
     "FitConfig",

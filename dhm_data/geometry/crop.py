@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+
 from dhm_data.errors import CropError
 
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.shards import schema
-from dhm_data.geometry.landmarks68 import MIRROR_68
 from dhm_data.errors import LoaderError, ShardError, ShardSchemaError
+from dhm_data.geometry.landmarks68 import MIRROR_68
+from dhm_data.shards import schema
 from dhm_data.shards.shards import parse_json_attr, shard_info
 
 

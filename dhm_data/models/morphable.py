@@ -16,6 +16,7 @@ are marked missing, never invented).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -116,6 +117,15 @@ class MorphableModel:
             _check_len("expression", b, self.n_expression, self.name)
             S = S + _combine(self.expression_basis, b)
         return np.asarray(S, np.float64)
+
+    def digest(self) -> str:
+        """16 hex digits of the sha256 of the name and the shape arrays (mean,
+        bases, standard deviations): equal digests, equal models for fitting
+        and reconstruction (triangles and contours are not included)."""
+        h = hashlib.sha256(self.name.encode())
+        for a in (self.mean, self.identity_basis, self.expression_basis, self.identity_std, self.expression_std):
+            h.update(np.ascontiguousarray(a, np.float64).tobytes())
+        return h.hexdigest()[:16]
 
     def landmark_model(self) -> "MorphableModel":
         """The 68-row sub-model (vertex ``i`` = landmark ``i``).

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dhm_data.geometry import camera
-from dhm_data.errors import CropError, PrepareError
-from dhm_data.geometry.crop import CropWindow, apply_affine, crop_window, unsnapped_crop_affine
 from dhm_data.datasets.base import Sample
-from dhm_data.prepare.dhm import render_dhm
+from dhm_data.errors import CropError, PrepareError
+from dhm_data.geometry import camera
+from dhm_data.geometry.crop import CropWindow, apply_affine, crop_window, unsnapped_crop_affine
 from dhm_data.models.morphable import MorphableModel, fit_length
+from dhm_data.prepare.dhm import render_dhm
 
 
 @dataclass(frozen=True)

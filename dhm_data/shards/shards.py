@@ -26,15 +26,16 @@ import hashlib
 import json
 import os
 import zlib
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
 
-from dhm_data.shards import schema
 from dhm_data.atomic import json_default
-from dhm_data.shards.schema import FIELD_BY_NAME, FIELDS, SCHEMA_VERSION, TEXT, U8Q_LZ4
 from dhm_data.errors import ShardCorruptError, ShardError, ShardSchemaError
+from dhm_data.shards import schema
+from dhm_data.shards.schema import FIELD_BY_NAME, FIELDS, SCHEMA_VERSION, TEXT, U8Q_LZ4
 
 
 def _h5py():

@@ -36,9 +36,9 @@ import cv2
 import numpy as np
 import scipy.io
 
+from dhm_data.errors import SynthError
 from dhm_data.geometry import camera
 from dhm_data.models.morphable import MorphableModel
-from dhm_data.errors import SynthError
 
 GENERATOR_VERSION = 1
 #: command-line dataset name -> (module in dhm_data.synth, dataset folder)

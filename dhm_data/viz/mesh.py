@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data import atomic
+from dhm_data.errors import MeshError
 from dhm_data.geometry import camera
 from dhm_data.models.morphable import MorphableModel, fit_length
-from dhm_data.errors import MeshError
 
 __all__ = ["MeshError", "face_mesh", "export_mesh", "MESH_SUFFIXES"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dhm_data.models.morphable import MorphableModel
 from dhm_data.errors import ModelFileError
+from dhm_data.models.morphable import MorphableModel
 
 
 @dataclass(frozen=True)

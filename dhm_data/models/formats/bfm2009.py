@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
+from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 
 MORPHABLE_MODEL = "01_MorphableModel.mat"
 MODEL_INFO = "model_info.mat"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
+from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 
 FILES = ("u_base.txt", "w_shp_base.txt", "w_exp_base.txt")
 

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data import atomic
-from dhm_data.models.morphable import MorphableModel
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
+from dhm_data.models.morphable import MorphableModel
 
 #: Value of the ``dhm_compact_format`` entry; bump the trailing number on an
 #: incompatible layout change (load refuses versions it does not know).

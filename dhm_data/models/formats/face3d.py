@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
 from dhm_data.models.formats.bfm2009 import (
@@ -38,6 +37,7 @@ from dhm_data.models.formats.bfm2009 import (
     read_mat,
     triangles,
 )
+from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 
 FILE = "BFM.mat"
 INFO = "BFM_info.mat"

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
+from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 
 LANDMARK_FILE = "ibug_to_sfm.txt"
 CONTOUR_FILE = "sfm_model_contours.json"

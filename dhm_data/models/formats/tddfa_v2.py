@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
 from dhm_data.models.formats.bfm68_text import ASSUMED_EXPRESSION_STD, ASSUMED_IDENTITY_STD
+from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 
 FILES = ("bfm_noneck_v3.pkl", "bfm_noneck.pkl")
 TRI_FILE = "tri.pkl"
