@@ -186,6 +186,39 @@ class FitConfig:
         if self.batch_size < 1:
             raise FittingError(f"FitConfig.batch_size must be >= 1, got {self.batch_size}")
 
+    @classmethod
+    def from_mapping(cls, options, origin: str = "[fit]") -> "FitConfig":
+        """A config from a mapping of option names to values (a pipeline's
+        ``[fit]`` table, a fit file's recorded settings): unknown names and
+        values of the wrong type raise :class:`FittingError` naming
+        ``origin``, the option, what was expected and what was found; the
+        value checks of ``__post_init__`` follow.  The one place that checks
+        ``[fit]`` options."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise FittingError(f"{origin}: unknown fitting options {unknown}; known: {', '.join(known)}")
+        kw = {}
+        for name, value in options.items():
+            default = getattr(cls, name)
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float) or default is None:
+                ok = value is None and default is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+                value = float(value) if ok and value is not None else value
+            else:
+                ok = isinstance(value, type(default))
+            if not ok:
+                want = "a number or none" if default is None else type(default).__name__
+                raise FittingError(f"{origin}: fitting option {name!r} must be {want}, got {value!r}")
+            kw[name] = value
+        try:
+            return cls(**kw)
+        except FittingError as e:
+            raise FittingError(f"{origin}: {e}") from None
+
     @property
     def lam_exp(self) -> float:
         return self.regularisation if self.expression_regularisation is None else self.expression_regularisation
