@@ -15,9 +15,12 @@ import click
 @click.option("--seed", type=int, default=0, help="Seed: same seed, same bytes.")
 @click.option("--bfm", type=click.Path(path_type=Path), default=None,
               help="Draw faces from this morphable model (needs triangles) instead of the packaged SYNTHETIC model.")
+@click.option("--names", "names_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="300wlp only: write exactly the samples this text file names, one SUBSET/name a line "
+                   "(e.g. the real release's name list, CRLF line ends and .jpg suffixes accepted); -n is then ignored.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth(dataset, out, n, seed, bfm, force, quiet):
+def synth(dataset, out, n, seed, bfm, names_file, force, quiet):
     """Write a synthetic DATASET (300wlp, aflw2000 or ls3dw) into --out, in the
     exact on-disk format of the real one: folder layout, file names, .mat keys,
     shapes and dtypes, Torch7 .t7 files, JPEG images showing a face-like
@@ -41,6 +44,17 @@ def synth(dataset, out, n, seed, bfm, force, quiet):
             model = load_model(bfm)
         except ModelFileError as e:
             raise click.ClickException(str(e)) from e
+    names = None
+    if names_file is not None:
+        from dhm_data.synth.w300lp import read_name_list
+
+        if dataset != "300wlp":
+            raise click.UsageError(f"--names is only supported for 300wlp, not {dataset}")
+        try:
+            names = read_name_list(names_file)
+        except SynthError as e:
+            raise click.ClickException(str(e)) from e
+        n = len(names)
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -52,7 +66,7 @@ def synth(dataset, out, n, seed, bfm, force, quiet):
             bar.update(done - bar.n)
 
     try:
-        synthesize(dataset, out, n, seed=seed, model=model, force=force, progress=progress)
+        synthesize(dataset, out, n, seed=seed, model=model, force=force, progress=progress, names=names)
     except SynthError as e:
         raise click.ClickException(str(e)) from e
     finally:

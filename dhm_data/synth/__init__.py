@@ -273,10 +273,14 @@ def _writer(dataset: str):
     return importlib.import_module(f"{__name__}.{DATASETS[dataset][0]}")
 
 
-def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel | None = None, force: bool = False, progress=None) -> Path:
+def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel | None = None, force: bool = False,
+               progress=None, names: list[str] | None = None) -> Path:
     """Write a synthetic ``dataset`` (``300wlp``, ``aflw2000`` or ``ls3dw``)
     of ``n`` samples into ``out`` (see the dataset modules for what n counts
-    and the layout); returns ``out``.
+    and the layout); returns ``out``.  ``names`` (300wlp only; see
+    :func:`dhm_data.synth.w300lp.read_name_list`): write exactly the samples
+    it lists, e.g. the real release's names; ``n`` is then the number of
+    names.
 
     ``model`` defaults to the packaged SYNTHETIC model; another
     :class:`MorphableModel` with triangles may be given (the marker then
@@ -285,6 +289,10 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
     and when ``out`` exists, is not empty and ``force`` is False.
     """
     mod = _writer(dataset)
+    if names is not None:
+        if dataset != "300wlp":
+            raise SynthError(f"a name list is only supported for 300wlp, not {dataset}")
+        n = len(names)
     if int(n) < 1:
         raise SynthError(f"-n must be at least 1, got {n}")
     out = Path(out).expanduser()
@@ -309,7 +317,7 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        info = mod.write(tmp, int(n), int(seed), model, progress=progress)
+        info = mod.write(tmp, int(n), int(seed), model, progress=progress, **({} if names is None else {'names': names}))
         marker = {
             "synthetic": True,
             "generator": "dhm-data synth",
@@ -318,6 +326,7 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
             "folder": DATASETS[dataset][1],
             "seed": int(seed),
             "n": int(n),
+            "from_name_list": names is not None,
             "model": "custom" if custom else SYNTHETIC_MODEL_ID,
             "model_name": model.name,
             "model_source": model.source,

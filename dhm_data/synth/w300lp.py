@@ -45,9 +45,14 @@ Per-image ``.mat`` (keys in the real files' order): ``pt2d`` (2,68) float64
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 import cv2
 import numpy as np
 
+from dhm_data.errors import SynthError
 from dhm_data.geometry import camera
 from dhm_data.synth import Face, draw, encode_jpeg, f32, params_block, place, project, sample_face, write_mat_v5
 from dhm_data.synth.render import Style, background
@@ -105,32 +110,119 @@ def mirror_pose(pose, w: int) -> np.ndarray:
     return f32(p)
 
 
-def write(root, n: int, seed: int, model, progress=None) -> dict:
+_NAME = re.compile(r"^(?P<subset>AFW|HELEN|IBUG|LFPW)(?P<flip>_Flip)?/(?P<stem>.+)_(?P<k>\d+)(?:\.jpg)?$")
+
+
+@dataclass(frozen=True)
+class PhotoPlan:
+    """The samples to write of one source photo: ``subset`` (e.g. ``"IBUG"``),
+    ``stem`` (the name without ``_<k>``), ``steps`` (k = 0 ... steps - 1 are
+    rendered), and the steps whose original (``originals``) and ``_Flip``
+    copy (``flips``) are written."""
+
+    subset: str
+    stem: str
+    steps: int
+    originals: frozenset
+    flips: frozenset
+
+
+def read_name_list(path) -> list[str]:
+    """Sample names from a text file, one ``SUBSET/name`` a line (e.g.
+    ``IBUG_Flip/IBUG_image_092 _01_3``: names may hold spaces), LF or CRLF
+    line ends, ``.jpg`` optional, blank lines ignored.  Raises
+    :class:`SynthError` naming the file and line of a name that is not a
+    300W-LP sample name, and of a name listed twice."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SynthError(f"{path}: cannot read the name list ({e})") from e
+    names, seen = [], {}
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip("\r\n\t")
+        if not line.strip():
+            continue
+        m = _NAME.match(line)
+        if m is None:
+            raise SynthError(f"{path}:{i}: {line!r} is not a 300W-LP sample name; expected SUBSET/<name>_<k> "
+                             f"with SUBSET one of {', '.join(SUBSETS)} (optionally with _Flip), e.g. IBUG/IBUG_image_008_1_0")
+        name = line[: -len(".jpg")] if line.endswith(".jpg") else line
+        if name in seen:
+            raise SynthError(f"{path}:{i}: {name!r} is listed twice (first on line {seen[name]})")
+        seen[name] = i
+        names.append(name)
+    if not names:
+        raise SynthError(f"{path}: the name list is empty")
+    return names
+
+
+def plan_from_names(names: list[str]) -> list[PhotoPlan]:
+    """One :class:`PhotoPlan` per source photo of ``names`` (subsets in
+    :data:`SUBSETS` order, photos sorted by stem); a photo renders every
+    step up to its largest listed ``k``."""
+    found: dict = {}
+    for name in names:
+        m = _NAME.match(name)
+        if m is None:
+            raise SynthError(f"{name!r} is not a 300W-LP sample name (SUBSET/<name>_<k>)")
+        ks = found.setdefault((m["subset"], m["stem"]), (set(), set()))
+        ks[1 if m["flip"] else 0].add(int(m["k"]))
+    plans = []
+    for subset in SUBSETS:
+        for stem in sorted(st for sub, st in found if sub == subset):
+            originals, flips = found[(subset, stem)]
+            steps = max(originals | flips) + 1
+            plans.append(PhotoPlan(subset, stem, steps, frozenset(originals), frozenset(flips)))
+    return plans
+
+
+def write(root, n: int, seed: int, model, progress=None, names: list[str] | None = None) -> dict:
+    """Write the tree under ``root / "300W_LP"``: ``n`` non-flipped samples
+    (and their mirrors) spread over the subsets, or, when ``names`` is given,
+    exactly the samples it names (``n`` is then ignored)."""
     base = root / "300W_LP"
     for s in SUBSETS:
         for d in (base / s, base / f"{s}_Flip", base / "landmarks" / s):
             d.mkdir(parents=True, exist_ok=True)
     (base / "Code").mkdir()
     (base / "Code" / "readme.txt").write_text(README)
-    counts = split_counts(n)
     truth = {k: [] for k in ("names", "pose_para", "shape_para", "exp_para", "landmarks_3d", "landmark_vertices", "pts_2d_vertices")}
     done = 0
-    h, w = SIZE
-    for s in SUBSETS:
-        left, j = counts[s], 0
-        while left > 0:
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[s], j]))
-            steps = min(int(rng.integers(4, 10)), left)
-            written = _photo(base, s, j, steps, rng, model, truth)
-            left -= written
-            done += written
-            j += 1
+    if names is not None:
+        plans = plan_from_names(names)
+        total = len(names)
+        index = {s: 0 for s in SUBSETS}
+        for plan in plans:
+            j = index[plan.subset]
+            index[plan.subset] += 1
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[plan.subset], j]))
+            _photo(base, plan.subset, j, plan.steps, rng, model, truth, stem=plan.stem,
+                   keep=(plan.originals, plan.flips))
+            done += len(plan.originals) + len(plan.flips)
             if progress:
-                progress(done, n)
-    counts_all = {}
-    for s in SUBSETS:
-        counts_all[s] = counts[s]
-        counts_all[f"{s}_Flip"] = counts[s]
+                progress(done, total)
+        counts_all = {}
+        for s in SUBSETS:
+            counts_all[s] = sum(len(p.originals) for p in plans if p.subset == s)
+            counts_all[f"{s}_Flip"] = sum(len(p.flips) for p in plans if p.subset == s)
+    else:
+        counts = split_counts(n)
+        for s in SUBSETS:
+            left, j = counts[s], 0
+            while left > 0:
+                rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[s], j]))
+                steps = min(int(rng.integers(4, 10)), left)
+                written = _photo(base, s, j, steps, rng, model, truth)
+                left -= written
+                done += written
+                j += 1
+                if progress:
+                    progress(done, n)
+        counts_all = {}
+        for s in SUBSETS:
+            counts_all[s] = counts[s]
+            counts_all[f"{s}_Flip"] = counts[s]
     np.savez(
         root / "synthetic_truth.npz",
         names=np.asarray(truth["names"]),
@@ -152,7 +244,10 @@ def write(root, n: int, seed: int, model, progress=None) -> dict:
     }
 
 
-def _photo(base, subset, j, steps, rng, model, truth) -> int:
+def _photo(base, subset, j, steps, rng, model, truth, stem: str | None = None, keep=None) -> int:
+    """Render ``steps`` pose steps of photo ``j`` of ``subset`` and write them
+    (all originals and mirrors, or only the steps ``keep = (originals,
+    flips)`` names); returns ``steps``."""
     h, w = SIZE
     neutral = j % 10 == 3
     yaw0 = float(np.radians(rng.uniform(0, 35)) * (1 if rng.random() < 0.5 else -1))
@@ -166,7 +261,9 @@ def _photo(base, subset, j, steps, rng, model, truth) -> int:
     S = face0.shape(model)
     li = model.landmark_indices
     c0 = camera.model_to_image(S[li], face0.pose_para, h)[:, :2].mean(0) + 1  # 1-based centroid
-    stem = photo_stem(subset, j)
+    stem = photo_stem(subset, j) if stem is None else stem
+    write_original = (lambda k: True) if keep is None else keep[0].__contains__
+    write_flip = (lambda k: True) if keep is None else keep[1].__contains__
 
     pt2d0 = roi0 = None
     for k in range(steps):
@@ -188,18 +285,21 @@ def _photo(base, subset, j, steps, rng, model, truth) -> int:
         img = draw(model, face, style, bg)
         pose = np.asarray(face.pose_para, np.float32).reshape(1, 7)
         mat = [("pt2d", pt2d0.T.copy()), ("roi", roi0)] + [(key, params[key]) for key in ("Illum_Para", "Color_Para", "Tex_Para", "Shape_Para", "Exp_Para")] + [("Pose_Para", pose)]
-        (base / subset / f"{name}.jpg").write_bytes(encode_jpeg(img))
-        write_mat_v5(base / subset / f"{name}.mat", mat)
-        write_mat_v5(base / "landmarks" / subset / f"{name}_pts.mat", [("pts_2d", pts_2d), ("pts_3d", pts_3d)])
-        # mirrored copy
-        fl_pt2d = pt2d0.copy()
-        fl_pt2d[:, 0] = w + 1 - fl_pt2d[:, 0]
-        r = roi0.astype(np.int32).ravel()
-        fl_roi = np.array([[w + 1 - r[2], r[1], w + 1 - r[0], r[3]]], np.int16)
-        fl_pose = mirror_pose(face.pose_para, w).astype(np.float32).reshape(1, 7)
-        fl_mat = [("pt2d", fl_pt2d.T.copy()), ("roi", fl_roi)] + mat[2:-1] + [("Pose_Para", fl_pose)]
-        (base / f"{subset}_Flip" / f"{name}.jpg").write_bytes(encode_jpeg(cv2.flip(img, 1)))
-        write_mat_v5(base / f"{subset}_Flip" / f"{name}.mat", fl_mat)
+        if write_original(k):
+            (base / subset / f"{name}.jpg").write_bytes(encode_jpeg(img))
+            write_mat_v5(base / subset / f"{name}.mat", mat)
+            write_mat_v5(base / "landmarks" / subset / f"{name}_pts.mat", [("pts_2d", pts_2d), ("pts_3d", pts_3d)])
+        if write_flip(k):
+            fl_pt2d = pt2d0.copy()
+            fl_pt2d[:, 0] = w + 1 - fl_pt2d[:, 0]
+            r = roi0.astype(np.int32).ravel()
+            fl_roi = np.array([[w + 1 - r[2], r[1], w + 1 - r[0], r[3]]], np.int16)
+            fl_pose = mirror_pose(face.pose_para, w).astype(np.float32).reshape(1, 7)
+            fl_mat = [("pt2d", fl_pt2d.T.copy()), ("roi", fl_roi)] + mat[2:-1] + [("Pose_Para", fl_pose)]
+            (base / f"{subset}_Flip" / f"{name}.jpg").write_bytes(encode_jpeg(cv2.flip(img, 1)))
+            write_mat_v5(base / f"{subset}_Flip" / f"{name}.mat", fl_mat)
+        if not write_original(k):
+            continue
 
         truth["names"].append(f"{subset}/{name}")
         truth["pose_para"].append(np.asarray(face.pose_para, np.float64))
