@@ -5,6 +5,10 @@ loader figures.
     python benchmarks/full_scale.py                              # fractions 0.02 and 0.05
     python benchmarks/full_scale.py --fraction 1.0 --jobs 2      # the real size: 122,450 samples
     python benchmarks/full_scale.py --fraction 0.01 --fraction 0.04 --work /tmp/fs
+    python benchmarks/full_scale.py --names ../shared/reference/300w-lp-names/300W_LP_filename_filtered.txt
+
+``--names FILE`` synthesises exactly the samples a name list names (the real
+release's 122,415 names with the list above) instead of fractions.
 
 For each fraction f: ``round(61,225 f)`` non-flipped samples are synthesised
 (``dhm-data synth 300wlp``; the ``_Flip`` mirrors double it, so f = 1 gives the
@@ -142,13 +146,18 @@ def loader_rate(split_dir: Path, workers: int, max_batches: int = 200) -> float:
         loader.close()
 
 
-def run(fraction: float, work: Path, jobs: int) -> dict:
-    n = max(4, round(REAL_NON_FLIPPED * fraction))
-    raw = synthetic_300wlp(work / f"raw-{n}", n, tag=f"[{fraction:g}] ")
+def run(fraction: float, work: Path, jobs: int, names: list[str] | None = None) -> dict:
+    """Synthesise (fraction of the real size, or exactly ``names``), build, load."""
+    if names is not None:
+        n = sum("_Flip/" not in name for name in names)
+        fraction = n / REAL_NON_FLIPPED
+    else:
+        n = max(4, round(REAL_NON_FLIPPED * fraction))
+    raw = synthetic_300wlp(work / f"raw-{n}", n, tag=f"[{fraction:g}] ", names=names)
     out = work / f"build-{n}"
     r = build(raw, out, jobs)
     shard_bytes = folder_bytes(out, "shard-*.h5")
-    r.update(fraction=fraction, n_total=2 * n, shard_bytes=shard_bytes, folder_bytes=folder_bytes(out),
+    r.update(fraction=fraction, n=n, shard_bytes=shard_bytes, folder_bytes=folder_bytes(out),
              raw_bytes=folder_bytes(raw))
     print(f"[{fraction:g}] built {r['written']:,} samples ({r['split']}) in {r['wall']:.1f} s", flush=True)
     os.sync()
@@ -165,17 +174,27 @@ def main():
                     help="fraction of the real 300W-LP size (repeat for several sizes; default 0.02 and 0.05)")
     ap.add_argument("--jobs", type=int, default=2, help="build worker processes (the machine has 2 cores)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dhm-full-scale"), help="folder for trees and builds")
+    ap.add_argument("--names", type=Path, default=None,
+                    help="synthesise exactly the samples this name list names (one SUBSET/name a line) instead of fractions")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic trees and builds")
     args = ap.parse_args()
-    fractions = sorted(args.fraction or [0.02, 0.05])
-    if any(not 0 < f <= 1 for f in fractions):
+    names = None
+    if args.names is not None:
+        from dhm_data.synth.w300lp import read_name_list
+
+        if args.fraction:
+            ap.error("--names and --fraction exclude each other")
+        names = read_name_list(args.names)
+    fractions = sorted(args.fraction or ([None] if names else [0.02, 0.05]))
+    if names is None and any(not 0 < f <= 1 for f in fractions):
         ap.error("--fraction must be in (0, 1]")
     args.work.mkdir(parents=True, exist_ok=True)
     import cv2
 
-    print(f"dhm-data full-scale rehearsal: 300W-LP real size {REAL_TOTAL:,} samples; fractions {fractions}; "
+    what = f"the {len(names):,} names of {args.names}" if names else f"fractions {fractions}"
+    print(f"dhm-data full-scale rehearsal: 300W-LP real size {REAL_TOTAL:,} samples; {what}; "
           f"--jobs {args.jobs}; {os.cpu_count()} CPUs; OpenCV threads {cv2.getNumThreads()}")
-    rows = [run(f, args.work, args.jobs) for f in fractions]
+    rows = [run(f, args.work, args.jobs, names) for f in fractions]
     mib = 1 << 20
     print()
     head = (f"{'fraction':>8} {'samples':>8} {'wall s':>7} {'samples/s':>9} {'full size':>9} {'main MiB':>8} "
@@ -204,7 +223,7 @@ def main():
               "benchmark's, grown by the loader runs; VmHWM above is the build's own)")
     if not args.keep:
         for r in rows:
-            n = r["n_total"] // 2
+            n = r["n"]
             shutil.rmtree(args.work / f"build-{n}", ignore_errors=True)
             shutil.rmtree(args.work / f"raw-{n}", ignore_errors=True)
 
