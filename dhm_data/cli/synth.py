@@ -29,18 +29,13 @@ def synth(dataset, out, n, seed, bfm, force, quiet):
     into a temporary folder and renamed into place: an interrupted run leaves
     nothing behind.
     """
-    from dhm_data.errors import SynthError
     from dhm_data.synth import DATASETS, synthesize
 
     model = None
     if bfm is not None:
-        from dhm_data.errors import ModelFileError
         from dhm_data.models.formats import load_model
 
-        try:
-            model = load_model(bfm)
-        except ModelFileError as e:
-            raise click.ClickException(str(e)) from e
+        model = load_model(bfm)
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -53,8 +48,6 @@ def synth(dataset, out, n, seed, bfm, force, quiet):
 
     try:
         synthesize(dataset, out, n, seed=seed, model=model, force=force, progress=progress)
-    except SynthError as e:
-        raise click.ClickException(str(e)) from e
     finally:
         if bar is not None:
             bar.close()

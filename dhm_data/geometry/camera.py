@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dhm_data.errors import InputError
+
 __all__ = [
     "rotation_from_angles",
     "angles_from_rotation",
@@ -86,7 +88,7 @@ def pose_para_to_srt(pose_para: np.ndarray):
     vertical flip)."""
     p = np.asarray(pose_para, np.float64)
     if p.shape[-1] != 7:
-        raise ValueError(f"Pose_Para must have 7 values [pitch, yaw, roll, tx, ty, tz, s], got shape {p.shape}")
+        raise InputError(f"Pose_Para must have 7 values [pitch, yaw, roll, tx, ty, tz, s], got shape {p.shape}")
     R = rotation_from_angles(p[..., 0], p[..., 1], p[..., 2])
     return p[..., 6], R, p[..., 3:6]
 

@@ -285,7 +285,7 @@ def load(path: Path) -> MorphableModel:
         contour_candidates=contours,
         units="micrometre",
         source=";".join(str(p) for p in sources),
-        metadata={"format": "bfm2009", "axes": "BFM model frame: x right (subject's left), y up, z towards the viewer"},
+        metadata={"format": "bfm2009", "family": "bfm2009", "axes": "BFM model frame: x right (subject's left), y up, z towards the viewer"},
     )
 
 

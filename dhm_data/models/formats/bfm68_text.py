@@ -65,6 +65,7 @@ def load(path: Path) -> MorphableModel:
         landmark_indices=np.arange(V),
         units="micrometre",
         source=str(path),
+        metadata={"format": "bfm68-text", "family": "bfm2009"},
     )
 
 
