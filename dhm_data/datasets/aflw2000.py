@@ -1,6 +1,6 @@
 """AFLW2000-3D reader (Zhu et al. 2016), the large-pose test set.
 
-Layout: ``AFLW2000/image0xxxx.jpg + .mat`` (CONVENTIONS.md section 2), in
+Layout: ``AFLW2000/image0xxxx.jpg + .mat`` (docs/conventions.md section 2), in
 sorted file-name order, the order of every published benchmark.  Labels:
 
 * ``annotation="original"`` (default): ``pt3d_68`` (3, 68), 1-based x, y

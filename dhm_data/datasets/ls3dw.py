@@ -1,7 +1,7 @@
 """LS3D-W reader (Bulat & Tzimiropoulos 2017, "How far are we from solving the
 2D & 3D face alignment problem?").
 
-Layout (CONVENTIONS.md section 3): ``LS3D-W/{300W-Testset-3D,
+Layout (docs/conventions.md section 3): ``LS3D-W/{300W-Testset-3D,
 AFLW2000-3D-Reannotated, Menpo-3D, 300VW-3D/{CatA,CatB,CatC,Trainset}/<video>/}``;
 every image has a same-name ``.t7`` (Torch7 FloatTensor 68x2, 0-based pixels).
 No 3DMM parameters: ``dhm-data fit-bfm`` provides them.  Sample names are the

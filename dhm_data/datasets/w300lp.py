@@ -1,6 +1,6 @@
 """300W-LP reader (Zhu et al. 2016, the 3DDFA training set).
 
-Layout (CONVENTIONS.md section 1): ``300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/
+Layout (docs/conventions.md section 1): ``300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/
 <name>.jpg + <name>.mat`` and ``landmarks/<SUBSET>/<name>_pts.mat``.  Names end
 in the pose-augmentation step ``k`` (``_0`` is the original photo).
 

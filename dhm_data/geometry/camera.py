@@ -3,7 +3,7 @@
 This is the only module that converts between pose parameterisations, projects
 model points into images or flips between 1-based and 0-based pixels.
 
-Conventions (CONVENTIONS.md section 4):
+Conventions (docs/conventions.md section 4):
 
 * ``Pose_Para = [pitch, yaw, roll, tx, ty, tz, s]``, angles in radians.
 * ``R = Rx(pitch) @ Ry(yaw) @ Rz(roll)`` where each elementary matrix is the

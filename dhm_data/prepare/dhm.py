@@ -1,4 +1,4 @@
-"""The seed paper's 3-channel 3D Diffusion Heat Map (CONVENTIONS.md section 5).
+"""The seed paper's 3-channel 3D Diffusion Heat Map (docs/conventions.md section 6).
 
 For ``L`` posed 3D landmarks with crop positions ``(x_l, y_l)``:
 
