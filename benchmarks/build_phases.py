@@ -2,7 +2,7 @@
 
     python benchmarks/build_phases.py [-n 1000] [--work /tmp/dhm-bench-build]
 
-Runs the steps of ``dhm_data.build.flow.prepare_shard`` one after another on the
+Runs the steps of ``dhm_data.build.prepare_stage.prepare_shard`` one after another on the
 first N samples of a synthetic 300W-LP tree (the one benchmarks/build.py
 generates; made here if missing), timing each: labels (reading and checking
 the .mat files, crop window, posing the 3D landmarks), decode, crop, row
@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 from _trees import synthetic_300wlp
 
-from dhm_data.build.flow import BLOCK_SIZE, BuildRequest, _plan_sample, _stack, plan, resolve_model
+from dhm_data.build.flow import BuildRequest, plan, resolve_model
+from dhm_data.build.prepare_stage import BLOCK_SIZE, _plan_sample, _stack
 from dhm_data.build.runner import keep_freed_memory
 from dhm_data.formats.images import decode_rgb
 from dhm_data.geometry.crop import extract_crop

@@ -1,5 +1,6 @@
 """Resumability: SIGKILL at random points, rerun, same contents."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -61,7 +62,7 @@ def test_rerun_skips_finished_units_and_redoes_changed_ones(tmp_path, synthetic_
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
     run_build(req, echo=lambda m: None)
     assert {p: p.stat().st_mtime_ns for p in shards} == mtimes  # nothing redone
-    req.overrides = {"shards.size": 6, "dhm.sigma": 1.5}
+    req = dataclasses.replace(req, overrides={"shards.size": 6, "dhm.sigma": 1.5})  # requests are frozen
     run_build(req, echo=lambda m: None)
     assert all(p.stat().st_mtime_ns != mtimes[p] for p in shards)  # parameter change redoes all
 
@@ -74,7 +75,7 @@ def test_mean_dhm_follows_the_settings(tmp_path, synthetic_tree):
     run_build(req, echo=lambda m: None)
     a = np.load(tmp_path / "b" / "mean_dhm.npy")
     assert a.shape == (224, 224, 3) and a.dtype == np.float32 and 0.9 < a.max() <= 1.0
-    req.overrides = {"crop.size": 128}
+    req = dataclasses.replace(req, overrides={"crop.size": 128})
     run_build(req, echo=lambda m: None)
     assert np.load(tmp_path / "b" / "mean_dhm.npy").shape == (128, 128, 3)
     assert not list((tmp_path / "b").glob(".mean_dhm*"))

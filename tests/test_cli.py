@@ -1,6 +1,7 @@
 """The dhm-data command line: demo end to end, build/status/verify/show, errors."""
 
 import json
+import os
 
 import numpy as np
 from click.testing import CliRunner
@@ -42,7 +43,13 @@ def test_build_status_verify_show(tmp_path, synthetic_tree):
     r = run(main, ["status", str(out)])
     assert "stage prepare: 3 of 3 units done" in r.output and "finished" in r.output
     shard1 = out / "test" / "shard-00001.h5"
-    shard1.write_bytes(shard1.read_bytes())          # rewritten after its record: no longer trusted
+    shard1.write_bytes(shard1.read_bytes())          # rewritten with the same bytes (a copy): still done
+    assert "stage prepare: 3 of 3 units done" in run(main, ["status", str(out)]).output
+    patched = bytearray(shard1.read_bytes())
+    patched[len(patched) // 2] ^= 0x01               # other bytes, same size and time: no longer trusted
+    st = shard1.stat()
+    shard1.write_bytes(bytes(patched))
+    os.utime(shard1, ns=(st.st_atime_ns, st.st_mtime_ns))
     r = run(main, ["status", str(out)])
     assert "stage prepare: 2 of 3 units done; left: test/shard-00001, 3 samples" in r.output
     r = run(main, ["build", "aflw2000", "--root", str(root), "--out", str(out), "--shard-size", "3", "--quiet"])
@@ -129,6 +136,6 @@ def test_user_mistakes_are_clean_errors(tmp_path, synthetic_tree):
     bad.write_text(bad.read_text().replace('"random"', '"test"') + 'compression = "gzip"\n')
     fails(["build", str(bad), "--root", str(root), "--out", str(tmp_path / "o")], "[shards] has unknown keys ['compression']")
     bad.write_text(bad.read_text().replace('compression = "gzip"\n', '') + '[reader]\nannotaton = "original"\n')
-    fails(["build", str(bad), "--root", str(root), "--out", str(tmp_path / "o")], "unknown reader options ['annotaton']")
+    fails(["build", str(bad), "--root", str(root), "--out", str(tmp_path / "o")], "[reader] unknown options ['annotaton']")
     fails(["build", "aflw2000", "--root", str(root), "--out", str(tmp_path / "o2"), "--backend", "ray"], "needs ray")
     fails(["show", str(tmp_path), "-o", str(tmp_path / "x.png")], "no shards")

@@ -1,6 +1,7 @@
 """One short test per dataset reader on synthetic data in the raw layout, plus
 the bad-input cases every reader must name clearly."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -140,7 +141,7 @@ def test_build_rejects_bad_samples_lists_them_and_strict_fails(aflw_copy, tmp_pa
     assert len(lines) == 2
     assert items[0].name in lines[0] and "image" in lines[0]
     assert items[1].name in lines[1] and "zero width" in lines[1]
-    req.strict, req.out = True, tmp_path / "out2"
+    req = dataclasses.replace(req, strict=True, out=tmp_path / "out2")  # requests are frozen
     with pytest.raises(BuildError, match="--strict: 2 samples were rejected"):
         run_build(req, echo=lambda m: None)
 

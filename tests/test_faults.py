@@ -39,8 +39,8 @@ SITECUSTOMIZE = textwrap.dedent('''
     if _delay:
         import time
 
-        import dhm_data.build.flow as _b
         import dhm_data.build.fit_stage as _f
+        import dhm_data.build.prepare_stage as _b
 
         def _slow(fn):
             def unit(payload):

@@ -1,3 +1,4 @@
+import json
 import multiprocessing as mp
 
 import pytest
@@ -34,13 +35,56 @@ def test_units_are_skipped_when_done_and_redone_when_changed(tmp_path):
     assert res["u0"] == {"value": "v0"} and (tmp_path / "o1").read_text() == "v10"
 
 
-def test_fingerprint_tracks_file_size_and_mtime(tmp_path):
-    f = tmp_path / "a"
-    f.write_text("1")
-    a = fingerprint({}, [f])
-    f.write_text("22")
-    assert fingerprint({}, [f]) != a
-    assert fingerprint({"x": 1}, [f]) != fingerprint({"x": 2}, [f])
+def test_fingerprint_is_params_paths_and_arrays():
+    import hashlib
+    import json
+
+    import numpy as np
+
+    assert fingerprint({"x": 1}, ["a"]) != fingerprint({"x": 2}, ["a"])
+    assert fingerprint({}, ["a"]) != fingerprint({}, ["b"])
+    a = np.arange(6.0).reshape(2, 3)
+    h = hashlib.sha256(json.dumps({"k": 1}).encode())
+    h.update(b"(2, 3)" + a.tobytes())  # hand-computed: shape, then bytes
+    assert fingerprint({"k": 1}, arrays=[a, None]) == h.hexdigest()
+
+
+def _unit(tmp_path, inp, value="v"):
+    out = tmp_path / "out.bin"
+    return Unit("s", "u", fingerprint({"v": value}, [inp]), [out], (out, value), n=1, inputs=(inp,))
+
+
+def test_done_means_same_content_whatever_the_mtimes(tmp_path):
+    import os
+
+    from dhm_data.build.runner import is_done
+
+    layout = BuildLayout(tmp_path)
+    inp = tmp_path / "in.txt"
+    inp.write_text("abc")
+    calls = []
+
+    def work(p):
+        calls.append(p[1])
+        return _work(p)
+
+    u = _unit(tmp_path, inp)
+    run_units(layout, [u], work, progress=False)
+    assert is_done(layout, u) and calls == ["v"]
+    for p in (inp, tmp_path / "out.bin"):  # a copy: new modification times, same bytes
+        os.utime(p, ns=(1, 10**18))
+    assert is_done(layout, u)               # status says done ...
+    run_units(layout, [u], work, progress=False)
+    assert calls == ["v"]                   # ... and the build agrees
+    rec = json.loads(layout.record("s", "u").read_text())
+    assert rec["inputs"][str(inp)][1] == 10**18   # the record follows the new times
+    inp.write_text("abd")                   # same size, other content
+    os.utime(inp, ns=(1, 10**18 + 5))
+    assert not is_done(layout, u)
+    run_units(layout, [u], work, progress=False)
+    assert calls == ["v", "v"]
+    (tmp_path / "out.bin").write_text("vX")  # an output patched after its record
+    assert not is_done(layout, u)
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):

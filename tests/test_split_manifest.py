@@ -1,3 +1,5 @@
+import importlib.resources
+
 import numpy as np
 import pytest
 
@@ -55,8 +57,48 @@ def test_count_check_reports_mismatches():
 def test_pipelines_ship_and_overrides_apply():
     assert {"300wlp", "aflw2000", "aflw2000-reannotated", "ls3dw"} <= set(available_pipelines())
     cfg = load_pipeline("300wlp", {"crop.size": 128, "dhm.sigma": None})
-    assert cfg["crop"]["size"] == 128 and cfg["dhm"]["sigma"] == 1.0 and cfg["build"]["reader"] == "300wlp"
+    assert cfg.crop_size == 128 and cfg.sigma == 1.0 and cfg.reader == "300wlp"
+    assert cfg.to_dict()["crop"]["size"] == 128 and cfg.to_dict()["name"] == "300wlp"
     with pytest.raises(PipelineError, match="no pipeline named 'nope'"):
         load_pipeline("nope")
     with pytest.raises(PipelineError, match="sigma > 0"):
         load_pipeline("aflw2000", {"dhm.sigma": 0.0})
+
+
+def test_pipeline_is_frozen_and_checked_before_any_work(tmp_path):
+    import dataclasses
+
+    cfg = load_pipeline("ls3dw")
+    assert cfg.fit.jaw == "fixed" and cfg.fit.max_residual == 0.05 and cfg.has_fit_stage
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.crop_size = 8
+    d = cfg.to_dict()
+    d["crop"]["size"] = 8  # a copy: the pipeline is unchanged
+    assert cfg.to_dict()["crop"]["size"] == 224
+    new = cfg.with_fit_options({"jaw": "silhouette"})
+    assert new.fit.jaw == "silhouette" and cfg.fit.jaw == "fixed"
+
+
+@pytest.mark.parametrize("text, match", [
+    ('[reader]\nlandmarks = "pts_9d"', r"\[reader\] option landmarks 'pts_9d': expected one of auto, pts_3d, pts_2d, pt2d"),
+    ('[reader]\nfoo = 1', r"\[reader\] unknown options \['foo'\] for the 300wlp reader"),
+    ('[fit]\njaw = "sideways"', r"\[fit\]"),
+    ('[fit]\nmax_iterations = "ten"', r"\[fit\]: fitting option 'max_iterations' must be int"),
+    ('[fit]\nsmoothness = 1', r"unknown fitting options \['smoothness'\]"),
+    ('[extra]\na = 1', r"unknown sections \['extra'\]"),
+])
+def test_reader_and_fit_tables_are_checked_at_load(tmp_path, text, match):
+    base = (importlib.resources.files("dhm_data.pipelines") / "300wlp.toml").read_text()
+    base = base.replace('[reader]\nlandmarks = "auto"', "")
+    p = tmp_path / "custom.toml"
+    p.write_text(base + "\n" + text + "\n")
+    with pytest.raises(PipelineError, match=match) as e:
+        load_pipeline(str(p))
+    assert str(p) in str(e.value)
+
+
+def test_crop_size_must_be_an_integer():
+    with pytest.raises(PipelineError, match=r"\[crop\] size must be an integer, found '224'"):
+        load_pipeline("aflw2000", {"crop.size": "224"})
+    with pytest.raises(PipelineError, match="dhm_storage must be u8q-lz4 or u8q-raw, found 'png'"):
+        load_pipeline("aflw2000", {"shards.dhm_storage": "png"})

@@ -1,45 +1,45 @@
-"""``dhm-data build``: the I/O and parallel edge around the pure prepare step.
+"""``dhm-data build``: the data flow, top down.
 
-Flow: read the pipeline -> scan the raw dataset (reader.items) -> check counts
-against ``manifests/`` -> split -> [fit stage: 3DMM parameters per shard] ->
-prepare stage: per shard, load + decode + crop + DHM + write an HDF5 shard ->
-summary (``build.json``), rejections, mean-shape DHM.  See :mod:`dhm_data.build.runner`
-for resumability and :mod:`dhm_data.build.layout` for the output folder.
+1. :func:`make_plan` decides everything before any work, writing nothing:
+   the checked pipeline (:mod:`.config`), the reader, the scan, the count
+   check against ``manifests/``, the split, the model (checked against the
+   labels it will be used with, :mod:`.model_check`).
+2. :func:`run_build` takes the folder's lock, claims the folder
+   (:func:`claim_folder`), records the plan, runs the fit stage
+   (:mod:`.fit_stage`) if the pipeline has one, then the prepare stage
+   (:mod:`.prepare_stage`), and writes the summary ``build.json``, the
+   rejections and the mean-shape DHM.
+
+:mod:`.runner` makes each stage resumable; :mod:`.layout` is the output folder.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from dhm_data import __version__, atomic
-from dhm_data.geometry.crop import CropWindow
-from dhm_data.errors import BuildError, DatasetError
-from dhm_data.datasets import get_reader
-from dhm_data.datasets.base import DatasetReader, Item, Sample
-from dhm_data.build.manifests import assign_split, check_counts, load_manifest, shard_chunks
+from dhm_data.build import fit_stage, prepare_stage
+from dhm_data.build.config import Pipeline, load_pipeline
 from dhm_data.build.layout import BuildLayout
+from dhm_data.build.manifests import assign_split, check_counts, load_manifest
+from dhm_data.build.model_check import check_label_failures, check_model_for_labels, parameters_record
+from dhm_data.build.runner import BuildLock, remove_stale, run_units
+from dhm_data.datasets import get_reader
+from dhm_data.datasets.base import DatasetReader
+from dhm_data.errors import BuildError, DatasetError
 from dhm_data.models.morphable import MorphableModel
-from dhm_data.build.config import load_pipeline
-from dhm_data.prepare.row import (
-    PrepareConfig,
-    check_landmarks,
-    mean_shape_dhm,
-    pose_parameters,
-    prepare_row,
-    sample_window,
-    source_landmarks_3d,
-)
-from dhm_data.errors import PrepareError
-from dhm_data.build.runner import BuildLock, Unit, fingerprint, keep_freed_memory, run_units
+from dhm_data.prepare.row import PrepareConfig, mean_shape_dhm
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildRequest:
+    """What the user asked for (the command's options); never changed."""
+
     pipeline: str
     root: Path
     out: Path
@@ -52,6 +52,20 @@ class BuildRequest:
     limit: int | None = None
     landmarks_3d: Path | None = None
     scheduler: str | None = None
+    #: replace a build of another pipeline in ``out``
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything decided before any work."""
+
+    pipeline: Pipeline
+    reader: DatasetReader
+    items: tuple
+    splits: dict
+    count_problems: tuple
+    model: MorphableModel
 
 
 def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
@@ -79,146 +93,143 @@ def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
 
 
 def plan(req: BuildRequest):
-    """Everything decided before any work: config, reader, items, splits."""
-    cfg = load_pipeline(req.pipeline, req.overrides)
-    reader = get_reader(cfg["build"]["reader"])(req.root, **cfg.get("reader", {}))
+    """The pipeline, reader, items, manifest, count problems and splits (no
+    model, nothing written)."""
+    pipeline = load_pipeline(req.pipeline, req.overrides)
+    reader = get_reader(pipeline.reader)(req.root, **pipeline.reader_kwargs)
     items = reader.items()
     if not items:
         raise DatasetError(f"{reader.root}: no samples found. {reader.how_to_get}")
     if req.limit is not None:
         items = items[: req.limit]
     manifest = load_manifest(reader.name)
-    marker = reader.synthetic_marker()
-    count_problems = [] if req.limit is not None else check_counts(items, manifest, marker)
-    splits = assign_split(items, cfg["build"]["split"], manifest)
-    return cfg, reader, items, manifest, count_problems, splits
+    count_problems = [] if req.limit is not None else check_counts(items, manifest, reader.synthetic_marker())
+    splits = assign_split(items, pipeline.split, manifest)
+    return pipeline, reader, items, manifest, count_problems, splits
 
 
-def _checked_plan(req: BuildRequest, echo):
+def make_plan(req: BuildRequest, echo) -> BuildPlan:
     """:func:`plan`, the count check (warned, or fatal with ``--strict``) and
-    the model: what a build and a fit-only run do before taking the lock."""
-    cfg, reader, items, manifest, count_problems, splits = plan(req)
+    the model, checked against the labels: what a build and a fit-only run
+    decide before taking the lock."""
+    pipeline, reader, items, _, count_problems, splits = plan(req)
     for p in count_problems:
         echo(f"warning: count mismatch: {p}")
     if count_problems and req.strict:
         raise BuildError("--strict: the scan disagrees with the manifest: " + "; ".join(count_problems))
-    return cfg, reader, count_problems, splits, resolve_model(req.bfm, reader)
-
-
-def _record_plan(layout: BuildLayout, splits, lm_model: MorphableModel) -> None:
-    """Write the split actually used and the compact landmark model workers load."""
-    atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
-    _cache_model(layout, lm_model)
+    model = resolve_model(req.bfm, reader)
+    if not pipeline.has_fit_stage:  # fitted parameters belong to the model by construction
+        check_model_for_labels(model, reader)
+    return BuildPlan(pipeline, reader, tuple(items), splits, tuple(count_problems), model)
 
 
 def run_build(req: BuildRequest, echo=print) -> dict:
     """Run (or resume) a build; returns the summary also written to build.json."""
+    p = make_plan(req, echo)
     layout = BuildLayout(req.out)
-    cfg, reader, count_problems, splits, model = _checked_plan(req, echo)
-    lm_model = model.landmark_model()
-    config = PrepareConfig.from_pipeline(cfg)
-    shard_size = int(cfg["shards"]["size"])
+    lm_model = p.model.landmark_model()
     with BuildLock(layout):
+        claim_folder(layout, p.pipeline, req.force)
         layout.summary.unlink(missing_ok=True)  # "finished" only once this run has finished
-        _record_plan(layout, splits, lm_model)
+        _record_plan(layout, p.splits, lm_model)
         fits, fit_summary = {}, None
-        if "fit" in cfg["build"]["stages"]:
-            reuse_fit_settings(layout, cfg, req, echo)
-            fits, fit_summary = run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req)
-        units = []
-        for split, split_items in splits.items():
-            for i, chunk in enumerate(shard_chunks(split_items, shard_size)):
-                out = layout.shard(split, i)
-                fit_file = fits.get((split, i))
-                attrs = {
-                    "dataset": reader.name,
-                    "split": split,
-                    "shard_index": i,
-                    "pipeline": json.dumps(cfg, sort_keys=True),
-                    "package_version": __version__,
-                    "model": model.name,
-                }
-                params = {"stage": "prepare", "cfg": cfg, "model": lm_model.digest(), "version": __version__}
-                fp = fingerprint(params, [p for it in chunk for p in it.paths] + ([fit_file] if fit_file else []))
-                units.append(Unit("prepare", f"{split}/{layout.shard_name(i)}", fp, [out],
-                                  (reader, chunk, lm_model, config, out, attrs, fit_file), n=len(chunk)))
-        results = run_units(layout, units, prepare_shard, jobs=req.jobs, backend=req.backend,
-                            desc=f"build {cfg['name']}", progress=req.progress, scheduler=req.scheduler)
+        if p.pipeline.has_fit_stage:
+            pipeline, l3_path, reused = fit_stage.earlier_fit_settings(layout, p.pipeline, req.landmarks_3d)
+            if reused:
+                echo(f"using the fit settings of the earlier `dhm-data fit-bfm` run ({layout.fit_summary})")
+                p = replace(p, pipeline=pipeline)
+            fits, fit_summary = _run_fit_units(layout, p, lm_model, l3_path, req)
+        units = prepare_stage.prepare_units(layout, p.pipeline, p.reader, lm_model, p.splits, fits, p.model.name,
+                                            req.strict)
+        results = run_units(layout, units, prepare_stage.prepare_shard, jobs=req.jobs, backend=req.backend,
+                            desc=f"build {p.pipeline.name}", progress=req.progress, scheduler=req.scheduler)
         remove_stale(layout, "prepare", units, layout.shards())
-        summary = _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary)
+        prepared = prepare_stage.summarise(units, results)
+        summary = _summarise(layout, p, units, prepared, fit_summary)
         with atomic.atomic_path(layout.mean_dhm) as tmp:  # cheap: rewritten so it follows the crop/DHM settings
             with open(tmp, "wb") as f:
-                np.save(f, mean_shape_dhm(lm_model, config))
+                np.save(f, mean_shape_dhm(lm_model, PrepareConfig.from_pipeline(p.pipeline)))
+    check_label_failures(p.model, summary["scanned"], prepared["rejections"])
     n_rej = summary["rejected"]
     if n_rej and req.strict:
         raise BuildError(f"--strict: {n_rej} samples were rejected; see {layout.rejections}")
     return summary
 
 
-def _cache_model(layout: BuildLayout, lm_model: MorphableModel) -> None:
-    try:
-        from dhm_data.models.formats.compact import save_compact
-    except ImportError:
-        return
-    save_compact(lm_model, layout.model_cache)
+def run_fit(req: BuildRequest, echo=print) -> dict:
+    """``dhm-data fit-bfm DATASET``: only the fit stage of the pipeline, into
+    the build folder, so that a later ``dhm-data build`` of the same pipeline
+    and folder finds every fit unit done and goes straight to prepare."""
+    p = make_plan(req, echo)
+    layout = BuildLayout(req.out)
+    lm_model = p.model.landmark_model()
+    with BuildLock(layout):
+        claim_folder(layout, p.pipeline, req.force)
+        layout.fit_summary.unlink(missing_ok=True)
+        _record_plan(layout, p.splits, lm_model)
+        _, summary = _run_fit_units(layout, p, lm_model, req.landmarks_3d, req)
+        atomic.write_json(layout.fit_summary, summary)
+    return summary
 
 
-def run_fit_stage(layout, reader, lm_model, cfg, splits, shard_size, req):
+def _run_fit_units(layout, p: BuildPlan, lm_model, l3_path, req: BuildRequest):
     """Run (or resume) the fit units; returns ({(split, shard index): fits
     file}, summary of the fits)."""
-    from dhm_data.build.fit_stage import fit_shard, fit_units, load_landmarks_3d
-    from dhm_data.fit import FitConfig
-
-    unknown = sorted(set(cfg.get("fit", {})) - set(FitConfig.__dataclass_fields__))
-    if unknown:
-        raise BuildError(f"{cfg['origin']}: [fit] options {unknown} are not fitting options "
-                         f"(known: {', '.join(FitConfig.__dataclass_fields__)})")
-    l3 = load_landmarks_3d(req.landmarks_3d) if req.landmarks_3d else None
-    units = fit_units(layout, reader, lm_model, cfg, splits, shard_size, l3)
-    res = run_units(layout, units, fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm",
+    l3 = fit_stage.load_landmarks_3d(l3_path) if l3_path else None
+    units = fit_stage.fit_units(layout, p.pipeline, p.reader, lm_model, p.splits, l3)
+    res = run_units(layout, units, fit_stage.fit_shard, jobs=req.jobs, backend=req.backend, desc="fit-bfm",
                     progress=req.progress, scheduler=req.scheduler)
     remove_stale(layout, "fit", units, sorted((layout.root / "fits").glob("*/shard-*.npz")))
-    flagged = [f for u in units for f in res[u.name]["flagged"]]
-    atomic.write_bytes(layout.fits_flagged, "".join(json.dumps(r, sort_keys=True) + "\n" for r in flagged).encode())
-    summary = {
-        "fitted": sum(r["fitted"] for r in res.values()),
-        "converged": sum(r["converged"] for r in res.values()),
-        "with_3d_estimates": len(l3 or {}),
-        "flagged": len(flagged),
-        "flagged_list": str(layout.fits_flagged),
-        "unreadable": sum(len(r["rejections"]) for r in res.values()),
-        "settings": {"fit": cfg.get("fit", {}),
-                     "landmarks_3d": str(Path(req.landmarks_3d).resolve()) if req.landmarks_3d else None},
-    }
+    summary = fit_stage.summarise(layout, units, res, p.pipeline, l3_path, len(l3 or {}))
     return {u.meta["key"]: Path(u.outputs[0]) for u in units}, summary
 
 
-def remove_stale(layout: BuildLayout, stage: str, units: list, existing) -> None:
-    """Delete ``stage`` outputs and unit records that the current plan does not
-    contain (a smaller shard count, a changed split, a --limit trial after a
-    full build), so the folder holds exactly what build.json describes."""
-    planned = {Path(o) for u in units for o in u.outputs}
-    for p in existing:
-        if Path(p) not in planned:
-            Path(p).unlink(missing_ok=True)
-    names = {u.name for u in units}
-    records = layout.root / ".records" / stage
-    for r in sorted(records.rglob("*.json")) if records.is_dir() else []:
-        if r.relative_to(records).with_suffix("").as_posix() not in names:
-            r.unlink(missing_ok=True)
+def claim_folder(layout: BuildLayout, pipeline: Pipeline, force: bool) -> None:
+    """Make ``layout`` this pipeline's folder: a folder holding another
+    pipeline's build is refused (building here would delete its shards)
+    unless ``force``, which clears that build first.  Records the pipeline
+    in ``pipeline.json``."""
+    owner = folder_owner(layout)
+    if owner is not None and owner != pipeline.name:
+        if not force:
+            raise BuildError(
+                f"{layout.root}: holds a build of pipeline {owner!r}; building {pipeline.name!r} here would delete "
+                f"its shards. Give another --out, or --force to replace that build")
+        clear_build(layout)
+    atomic.write_json(layout.pipeline_file, pipeline.to_dict())
 
 
-def reuse_fit_settings(layout: BuildLayout, cfg: dict, req: BuildRequest, echo) -> None:
-    """A ``build`` after ``dhm-data fit-bfm`` on the same folder fits with the
-    same settings ([fit] options, 3D landmark estimates) unless it is given
-    its own, so its fit units match and are not redone."""
-    if req.landmarks_3d is not None or not layout.fit_summary.exists():
-        return
-    settings = json.loads(layout.fit_summary.read_text()).get("settings") or {}
-    if settings.get("landmarks_3d"):
-        req.landmarks_3d = Path(settings["landmarks_3d"])
-    cfg["fit"] = dict(settings.get("fit", cfg.get("fit", {})))
-    echo(f"using the fit settings of the earlier `dhm-data fit-bfm` run ({layout.fit_summary})")
+def folder_owner(layout: BuildLayout) -> str | None:
+    """The pipeline whose build ``layout`` holds (``pipeline.json``, else a
+    ``build.json`` written before it existed), None for a new folder."""
+    for f in (layout.pipeline_file, layout.summary):
+        try:
+            cfg = json.loads(f.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        cfg = cfg.get("pipeline", cfg) if f == layout.summary else cfg
+        if isinstance(cfg, dict) and cfg.get("name"):
+            return str(cfg["name"])
+    return None
+
+
+def clear_build(layout: BuildLayout) -> None:
+    """Delete everything a build writes into ``layout`` (and nothing else)."""
+    for d in [layout.root / "fits", layout.root / ".records", layout.model_cache.parent]:
+        shutil.rmtree(d, ignore_errors=True)
+    for p in layout.shards():
+        p.unlink(missing_ok=True)
+    for f in (layout.summary, layout.fit_summary, layout.plan_file, layout.split_file, layout.rejections,
+              layout.mean_dhm, layout.pipeline_file):
+        f.unlink(missing_ok=True)
+
+
+def _record_plan(layout: BuildLayout, splits, lm_model: MorphableModel) -> None:
+    """Write the split actually used and the compact landmark model workers load."""
+    from dhm_data.models.formats.compact import save_compact
+
+    atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
+    save_compact(lm_model, layout.model_cache)
 
 
 def rejection_kind(rejection: dict) -> str:
@@ -238,167 +249,28 @@ def rejection_kind(rejection: dict) -> str:
     return re.sub(r"-?\d+(?:\.\d+)?", "N", reason.split(" (")[0])[:80]
 
 
-def _summarise(layout, cfg, reader, model, units, results, count_problems, splits, fit_summary=None) -> dict:
-    rejections = [r for u in units for r in results[u.name]["rejections"]]
-    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejections)
-    atomic.write_bytes(layout.rejections, lines.encode())
-    per_split = Counter()
-    for u in units:
-        per_split[u.name.split("/")[0]] += results[u.name]["written"]
-    reasons = Counter(rejection_kind(r) for r in rejections)
+def _summarise(layout, p: BuildPlan, units, prepared: dict, fit_summary=None) -> dict:
+    from collections import Counter
+
+    rejections = prepared["rejections"]
+    atomic.write_bytes(layout.rejections, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejections).encode())
     summary = {
-        "dataset": reader.name,
-        "pipeline": cfg,
-        "root": str(reader.root),
-        "model": model.name,
+        "dataset": p.reader.name,
+        "pipeline": p.pipeline.to_dict(),
+        "root": str(p.reader.root),
+        "model": p.model.name,
+        "parameters": parameters_record(p.reader, p.model, p.pipeline.has_fit_stage),
         "package_version": __version__,
-        "scanned": sum(len(v) for v in splits.values()),
-        "written": dict(per_split),
+        "scanned": sum(len(v) for v in p.splits.values()),
+        "written": prepared["written"],
         "rejected": len(rejections),
-        "rejection_reasons": dict(reasons),
-        "count_mismatches": count_problems,
+        "rejection_reasons": dict(Counter(rejection_kind(r) for r in rejections)),
+        "warnings": prepared["warnings"],
+        "count_mismatches": list(p.count_problems),
         "shards": [u.name for u in units],
-        "label_sources": dict(sum((Counter(results[u.name]["label_sources"]) for u in units), Counter())),
+        "label_sources": prepared["label_sources"],
+        "label_check": prepared["label_check"],
         "fit": fit_summary,
     }
     atomic.write_json(layout.summary, summary)
-    return summary
-
-
-# ------------------------------------------------------------------ worker side
-#: Samples cropped and rendered per block: the block buffers are reused, so
-#: their pages stay mapped (first-touching fresh memory cost ~0.3 ms/sample).
-BLOCK_SIZE = 32
-
-
-@dataclass
-class _Planned:
-    """A sample whose labels passed every check, ready for its pixels."""
-
-    index: int  # position in the shard's item list (rejections are reported in that order)
-    item: Item
-    sample: Sample
-    window: CropWindow
-    affine: np.ndarray  # 2x3 source -> crop
-    landmarks_3d: np.ndarray | None  # source pixels; posed for the whole shard at once
-    label_source: str
-    residual: float
-    converged: bool
-
-
-def prepare_shard(payload) -> dict:
-    """Worker: prepare every sample of one shard and write the shard file.
-
-    Labels first (everything that can reject a sample without decoding it),
-    then the pixels block by block, streamed into the shard: decode (reduced
-    by libjpeg where the crop needs fewer pixels), crop, DHM.  Returns
-    metadata only: counts, rejections (name, path, reason), label sources.
-    """
-    import cv2
-
-    from dhm_data.geometry.crop import extract_crop
-    from dhm_data.prepare.dhm import QuantisedDHMBlocks
-    from dhm_data.formats.images import decode_rgb
-    from dhm_data.shards import ShardWriter
-
-    cv2.setNumThreads(1)  # parallelism is across shards; threads inside a worker only contend
-    keep_freed_memory()  # large blocks reused, not fresh pages per image (see its docstring)
-    reader, items, lm_model, config, out, attrs, fit_file = payload
-    fits = _load_fits(fit_file) if fit_file else None
-    S = config.crop_size
-    rejections, planned = [], []
-    for index, item in enumerate(items):
-        try:
-            planned.append(_plan_sample(index, item, reader, fits, config))
-        except (DatasetError, PrepareError) as e:
-            rejections.append((index, _rejection(item, e)))
-    for p, lm3 in zip(planned, source_landmarks_3d([p.sample for p in planned], lm_model)):
-        p.landmarks_3d = lm3
-    rows, sources = [], Counter()
-    images = np.empty((min(BLOCK_SIZE, len(planned)), S, S, 3), np.uint8)
-    dhms = np.zeros_like(images)
-    renderer = QuantisedDHMBlocks(S, config.sigma)
-    with ShardWriter(out, len(planned), S, storage={"dhm": config.dhm_storage}) as writer:  # 0 rows: an empty shard
-        for start in range(0, len(planned), BLOCK_SIZE):
-            dhms.fill(0)
-            b = 0
-            for p in planned[start:start + BLOCK_SIZE]:
-                try:
-                    image = decode_rgb(p.sample.image_path, p.window.r)
-                except DatasetError as e:
-                    rejections.append((p.index, _rejection(p.item, e)))
-                    continue
-                extract_crop(image, p.window, S, out=images[b])
-                rows.append(prepare_row(p.sample, p.affine, p.landmarks_3d, p.label_source, p.residual, p.converged))
-                sources[p.sample.landmark_source] += 1
-                b += 1
-            if b:  # DHMs from the stored (float32) crop landmarks, so a re-render from the shard matches
-                renderer.render(np.stack([r["landmarks_3d"] for r in rows[-b:]]), dhms[:b])
-                writer.append(image=images[:b], dhm=dhms[:b])
-        writer.finish(_stack(rows), dict(attrs, n_samples=len(rows), n_rejected=len(rejections)))
-    return _shard_result(rows, rejections, sources)
-
-
-def _plan_sample(index, item, reader, fits, config) -> _Planned:
-    """Read and check one sample's labels (no pixels): :class:`DatasetError`
-    or :class:`PrepareError` reject it."""
-    from dhm_data.geometry.crop import window_affine
-
-    sample = reader.load(item)
-    label_source, residual, converged = "label", np.nan, True
-    if fits is not None:
-        if item.name not in fits:
-            raise PrepareError("no fitted parameters for this sample in the fit stage output")
-        f = fits[item.name]
-        sample.pose_para, sample.shape_para, sample.exp_para = f["pose_para"], f["shape_para"], f["exp_para"]
-        label_source, residual, converged = "fitted", f["residual"], f["converged"]
-    check_landmarks(sample, sample.image_size)  # every reader gives the size from the header
-    pose_parameters(sample)  # neither 3D landmarks nor parameters: rejected here
-    window = sample_window(sample, config)
-    return _Planned(index, item, sample, window, window_affine(window, config.crop_size), None, label_source,
-                    residual, converged)
-
-
-def _rejection(item, error) -> dict:
-    return {"name": item.name, "path": str(item.paths[0]), "stage": "prepare", "reason": str(error)}
-
-
-def _shard_result(rows, rejections, sources) -> dict:
-    return {"written": len(rows), "rejections": [r for _, r in sorted(rejections, key=lambda t: t[0])],
-            "label_sources": dict(sources)}
-
-
-def _stack(rows: list[dict]) -> dict:
-    if not rows:
-        return {}
-    cols = {}
-    for k in rows[0]:
-        vals = [r[k] for r in rows]
-        cols[k] = np.array(vals, dtype=object) if isinstance(vals[0], str) else np.stack([np.asarray(v) for v in vals])
-    return cols
-
-
-def _load_fits(path) -> dict:
-    from dhm_data.fit.result_file import read_fits
-
-    f = read_fits(path)
-    return {
-        str(n): {"pose_para": f["pose_para"][i], "shape_para": f["shape_para"][i], "exp_para": f["exp_para"][i],
-                 "residual": float(f["residual"][i]), "converged": bool(f["converged"][i])}
-        for i, n in enumerate(f["names"])
-    }
-
-
-def run_fit(req: BuildRequest, echo=print) -> dict:
-    """``dhm-data fit-bfm DATASET``: only the fit stage of the pipeline, into
-    the build folder, so that a later ``dhm-data build`` of the same pipeline
-    and folder finds every fit unit done and goes straight to prepare."""
-    layout = BuildLayout(req.out)
-    cfg, reader, count_problems, splits, model = _checked_plan(req, echo)
-    lm_model = model.landmark_model()
-    with BuildLock(layout):
-        layout.fit_summary.unlink(missing_ok=True)
-        _record_plan(layout, splits, lm_model)
-        _, summary = run_fit_stage(layout, reader, lm_model, cfg, splits, int(cfg["shards"]["size"]), req)
-        atomic.write_json(layout.fit_summary, summary)
     return summary

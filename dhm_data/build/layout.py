@@ -3,7 +3,8 @@
 ::
 
     OUT/
-      build.json              summary: pipeline, counts, rejections, versions
+      pipeline.json           the pipeline whose build this folder holds (written first)
+      build.json              summary: pipeline, counts, rejections, warnings, versions
       fit.json                summary of a `dhm-data fit-bfm` run (fit stage only)
       split.json              the split actually used (sample names per split)
       plan.json               every planned unit per stage: fingerprint and outputs (for `status`)
@@ -13,7 +14,7 @@
       fits/<split>/shard-NNNNN.npz   fitted parameters (fit stage)
       fits/flagged.jsonl      fits not converged or over the residual limit
       <split>/shard-NNNNN.h5  HDF5 shards (prepare stage)
-      .records/<stage>/<split>/shard-NNNNN.json   unit records (fingerprints)
+      .records/<stage>/<split>/shard-NNNNN.json   unit records (fingerprint; size, time, hash of inputs and outputs)
       .lock                   held while a build writes here
 """
 
@@ -33,6 +34,10 @@ class BuildLayout:
     @property
     def summary(self) -> Path:
         return self.root / "build.json"
+
+    @property
+    def pipeline_file(self) -> Path:
+        return self.root / "pipeline.json"
 
     @property
     def fit_summary(self) -> Path:

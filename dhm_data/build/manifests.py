@@ -13,6 +13,7 @@ import json
 from collections import Counter, OrderedDict
 
 from dhm_data.datasets.base import Item
+from dhm_data.errors import PipelineError
 
 
 #: the split rules :func:`assign_split` knows
@@ -84,7 +85,7 @@ def assign_split(items: list[Item], rule: str, manifest: dict) -> "OrderedDict[s
     if rule in ("test", "all", "train", "val"):
         return OrderedDict([(rule, list(items))])
     if rule != "300wlp-seed-paper":
-        raise ValueError(f"unknown split rule {rule!r}; known: test, all, train, val, 300wlp-seed-paper")
+        raise PipelineError(f"unknown split rule {rule!r}; known: {', '.join(SPLIT_RULES)}")
     spec = manifest["split"]
     groups: dict[str, int] = Counter(it.source_id for it in items if not it.flipped)
     n = sum(groups.values())

@@ -1,14 +1,23 @@
 """The staged, resumable runner: units of work = (stage, shard).
 
-A unit has a *fingerprint*: a hash of its stage parameters and of its inputs
-(file paths, sizes and modification times, and the fingerprints of the
-units it consumes).  The work function writes the unit's outputs under
-temporary names and renames them into place (:mod:`dhm_data.atomic`); only
-then does the runner, in the main process, write the unit's record
-``.records/<stage>/<unit>.json``.  A rerun skips a unit whose record carries
-the same fingerprint and whose outputs exist with the recorded size and
-modification time, and redoes every other unit.  Killed at any point, a rerun therefore yields the
-same outputs as an uninterrupted run.
+A unit has a *fingerprint*: a hash of its stage parameters, the names of
+its input files and any extra values (:func:`fingerprint`, the one place
+that fingerprints anything in dhm-data).  The work function writes the
+unit's outputs under temporary names and renames them into place
+(:mod:`dhm_data.atomic`); the unit's record ``.records/<stage>/<unit>.json``
+then stores the fingerprint and, for every input and output file, its size,
+modification time and content hash (sha256).
+
+A unit is *done* (:func:`is_done`) when its record carries the same
+fingerprint and every input and output is unchanged in content: size and
+modification time first (no read), the content hash only where they differ.
+So a build folder or a dataset copied with new modification times
+(``cp -r``, rsync without ``-t``, a cluster's staging) is still done, while
+a file rewritten with other bytes is redone.  A build refreshes the records
+it confirmed by hash, so the next check is by size and time again.
+``dhm-data status`` uses the same test read-only, so it agrees with what
+the next ``build`` will do.  Killed at any point, a rerun yields the same
+outputs as an uninterrupted run.
 
 Parallelism: joblib across units (``jobs`` processes, ``backend`` any joblib
 backend, e.g. ``loky`` locally or ``dask`` on a cluster); work functions
@@ -56,41 +65,110 @@ class Unit:
     payload: object
     n: int = 0
     meta: dict = field(default_factory=dict)
+    #: the files the unit reads (their content decides whether it is done)
+    inputs: tuple = ()
 
 
-def fingerprint(params, paths=(), extra=()) -> str:
-    """sha256 over JSON ``params``, each path's (name, size, mtime_ns) -- a
-    missing or unreadable file (symlink loop, ...) counts as such -- and
-    ``extra`` strings."""
+def fingerprint(params, paths=(), extra=(), arrays=()) -> str:
+    """sha256 (hex) over JSON ``params``, the names of ``paths`` (their
+    content is checked by :func:`is_done`, not hashed here), ``extra``
+    strings and ``arrays`` (each its shape and bytes, C order)."""
+    import numpy as np  # only for arrays
+
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError as e:  # missing, a symlink loop, unreadable: the unit's reader names the problem
-            h.update(f"{p}\0missing\n".encode() if e.errno == errno.ENOENT else f"{p}\0unreadable\0{e.errno}\n".encode())
+        h.update(f"{p}\n".encode())
     for e in extra:
         h.update(str(e).encode() + b"\n")
+    for a in arrays:
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(str(a.shape).encode() + a.tobytes())
     return h.hexdigest()
 
 
-def is_done(layout: BuildLayout, unit: Unit) -> bool:
+#: content hashes are sha256 cut to this many hex digits (128 bits)
+_HASH_DIGITS = 32
+
+
+def file_state(p, with_hash: bool = True) -> list:
+    """``[size, mtime_ns, content sha256]`` of a file (hash omitted unless
+    ``with_hash``); ``["missing"]`` or ``["unreadable", errno]`` when it cannot
+    be read (a missing input is a state too: its unit rejected the sample)."""
+    try:
+        st = os.stat(p)
+        if not with_hash:
+            return [st.st_size, st.st_mtime_ns]
+        return [st.st_size, st.st_mtime_ns, content_hash(p)]
+    except OSError as e:  # missing, a symlink loop, unreadable: the unit's reader names the problem
+        return ["missing"] if e.errno == errno.ENOENT else ["unreadable", e.errno]
+
+
+def content_hash(p) -> str:
+    """sha256 of the file's bytes (hex, :data:`_HASH_DIGITS` digits)."""
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:_HASH_DIGITS]
+
+
+def _unchanged(p, recorded) -> tuple[bool, list | None]:
+    """Is file ``p`` as ``recorded``?  ``(same, new state)``: the new state
+    (with its hash) is returned when only the size/time check failed and the
+    content proved equal, so the record can be refreshed."""
+    if recorded is None:
+        return False, None
+    now = file_state(p, with_hash=False)
+    if len(now) != 2 or len(recorded) < 2 or isinstance(recorded[0], str):
+        return now == list(recorded), None  # missing / unreadable then and now
+    if now == list(recorded[:2]):
+        return True, None
+    if len(recorded) < 3 or now[0] != recorded[0]:  # an old record without a hash, or another size
+        return False, None
+    try:
+        digest = content_hash(p)
+    except OSError:
+        return False, None
+    return digest == recorded[2], now + [digest]
+
+
+def unit_state(layout: BuildLayout, unit: Unit) -> tuple[bool, dict | None]:
+    """``(done, refreshed record or None)`` of ``unit``: its record's
+    fingerprint matches and every output and input is unchanged in content
+    (see the module docstring).  The refreshed record holds the new sizes
+    and times of files whose content was confirmed by hash."""
     rec = read_record(layout, unit.stage, unit.name)
     if rec is None or rec.get("fingerprint") != unit.fingerprint:
-        return False
-    stats = rec.get("outputs", {})
+        return False, None
+    refreshed = False
+    outputs, inputs = dict(rec.get("outputs", {})), dict(rec.get("inputs", {}))
     for out in unit.outputs:
         p = Path(out)
-        if not p.is_file() or stats.get(p.name) != _stat(p):
-            return False
-    return True
+        same, new = _unchanged(p, outputs.get(p.name))
+        if not same:
+            return False, None
+        if new is not None:
+            outputs[p.name], refreshed = new, True
+    for p in unit.inputs:
+        same, new = _unchanged(p, inputs.get(str(p)))
+        if not same:
+            return False, None
+        if new is not None:
+            inputs[str(p)], refreshed = new, True
+    return True, (dict(rec, outputs=outputs, inputs=inputs) if refreshed else None)
 
 
-def _stat(p: Path) -> list:
-    """(size, mtime_ns) of an output: a file replaced or rewritten after its
-    record (a truncated or patched shard) no longer matches."""
-    st = p.stat()
-    return [st.st_size, st.st_mtime_ns]
+def is_done(layout: BuildLayout, unit: Unit) -> bool:
+    """True when the next build would skip ``unit`` (read-only)."""
+    return unit_state(layout, unit)[0]
+
+
+def files_state(unit: Unit) -> dict:
+    """What a record stores about the unit's files: ``{"inputs": {path:
+    state}, "outputs": {name: state}}`` (:func:`file_state`, with hashes)."""
+    return {"inputs": {str(p): file_state(p) for p in unit.inputs},
+            "outputs": {Path(o).name: file_state(o) for o in unit.outputs if Path(o).is_file()}}
 
 
 def read_record(layout: BuildLayout, stage: str, name: str) -> dict | None:
@@ -101,16 +179,13 @@ def read_record(layout: BuildLayout, stage: str, name: str) -> dict | None:
         return None
 
 
-def write_record(layout: BuildLayout, unit: Unit, result: dict) -> None:
+def write_record(layout: BuildLayout, unit: Unit, result: dict, files: dict | None = None) -> None:
+    """The unit's record: fingerprint, result and its files' states
+    (``files`` as :func:`files_state` returns it; computed here when None)."""
+    files = files_state(unit) if files is None else files
     atomic.write_json(
         layout.record(unit.stage, unit.name),
-        {
-            "stage": unit.stage,
-            "unit": unit.name,
-            "fingerprint": unit.fingerprint,
-            "outputs": {Path(o).name: _stat(Path(o)) for o in unit.outputs if Path(o).is_file()},
-            "result": result,
-        },
+        {"stage": unit.stage, "unit": unit.name, "fingerprint": unit.fingerprint, "result": result, **files},
     )
 
 
@@ -162,21 +237,34 @@ def record_plan(layout: BuildLayout, units: list[Unit]) -> None:
     ``plan.json``, so that :func:`plan_status` can tell done from left."""
     plan = json.loads(layout.plan_file.read_text()) if layout.plan_file.exists() else {}
     for stage in {u.stage for u in units}:
-        plan[stage] = {u.name: {"fingerprint": u.fingerprint, "outputs": [str(o) for o in u.outputs], "n": u.n}
+        plan[stage] = {u.name: {"fingerprint": u.fingerprint, "n": u.n,
+                                "outputs": [_relative(layout, o) for o in u.outputs],
+                                "inputs": [str(p) for p in u.inputs]}
                        for u in units if u.stage == stage}
     atomic.write_json(layout.plan_file, plan)
 
 
+def _relative(layout: BuildLayout, p) -> str:
+    """An output path relative to the build folder (a copied folder still
+    finds its files); absolute where it lies elsewhere."""
+    try:
+        return Path(p).relative_to(layout.root).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def plan_status(layout: BuildLayout) -> dict:
     """``{stage: {"done": [unit names], "left": [unit names], "samples_left": n}}``
-    from ``plan.json`` and the unit records (a record with a stale fingerprint,
-    or a changed output, counts as left)."""
+    from ``plan.json`` and the unit records, by :func:`is_done`: the same test
+    the next build applies (a stale fingerprint, a changed input or output
+    counts as left)."""
     plan = json.loads(layout.plan_file.read_text()) if layout.plan_file.exists() else {}
     out = {}
     for stage, units in plan.items():
         done, left, n_left = [], [], 0
         for name, u in units.items():
-            unit = Unit(stage, name, u["fingerprint"], [Path(o) for o in u["outputs"]], None, u["n"])
+            unit = Unit(stage, name, u["fingerprint"], [layout.root / o for o in u["outputs"]], None, u["n"],
+                        inputs=tuple(Path(p) for p in u.get("inputs", ())))
             if is_done(layout, unit):
                 done.append(name)
             else:
@@ -205,10 +293,13 @@ def run_units(
     results: dict[str, dict] = {}
     todo = []
     for u in units:
-        if is_done(layout, u):
-            results[u.name] = read_record(layout, u.stage, u.name)["result"]
-        else:
+        done, refreshed = unit_state(layout, u)
+        if not done:
             todo.append(u)
+            continue
+        if refreshed is not None:  # content confirmed by hash: next time size and time suffice
+            atomic.write_json(layout.record(u.stage, u.name), refreshed)
+        results[u.name] = read_record(layout, u.stage, u.name)["result"]
     total = sum(u.n for u in units)
     done_n = total - sum(u.n for u in todo)
     bar = tqdm(total=total, initial=done_n, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True)
@@ -216,25 +307,25 @@ def run_units(
         if backend == "loky" and (jobs == 1 or len(todo) <= 1):
             for u in todo:
                 try:
-                    res = work(u.payload)
+                    res = _run_one(work, u)
                 except Exception as e:
                     raise _unit_failure(u, e) from e
                 _record(layout, u, res)
-                results[u.name] = res
+                results[u.name] = res[0]
                 bar.update(u.n)
         else:
             from joblib import Parallel, delayed, parallel_config
 
             by_name = {u.name: u for u in todo}
             with backend_session(backend, scheduler, jobs), parallel_config(backend=backend, n_jobs=jobs):
-                gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u.name, u.payload) for u in todo)
+                gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u) for u in todo)
                 try:
                     for name, res, err in gen:
                         u = by_name[name]
                         if err is not None:
                             raise _unit_failure(u, err)
                         _record(layout, u, res)
-                        results[name] = res
+                        results[name] = res[0]
                         bar.update(u.n)
                 except UnitError:
                     raise
@@ -249,6 +340,21 @@ def run_units(
     finally:
         bar.close()
     return results
+
+
+def remove_stale(layout: BuildLayout, stage: str, units: list, existing) -> None:
+    """Delete ``stage`` outputs and unit records that the current plan does not
+    contain (a smaller shard count, a changed split, a --limit trial after a
+    full build), so the folder holds exactly what build.json describes."""
+    planned = {Path(o) for u in units for o in u.outputs}
+    for p in existing:
+        if Path(p) not in planned:
+            Path(p).unlink(missing_ok=True)
+    names = {u.name for u in units}
+    records = layout.root / ".records" / stage
+    for r in sorted(records.rglob("*.json")) if records.is_dir() else []:
+        if r.relative_to(records).with_suffix("").as_posix() not in names:
+            r.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -296,18 +402,28 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
         yield None
 
 
-def _record(layout: BuildLayout, u: Unit, res: dict) -> None:
+def _record(layout: BuildLayout, u: Unit, res: tuple) -> None:
     try:
-        write_record(layout, u, res)
+        write_record(layout, u, res[0], res[1])
     except OSError as e:
         raise _unit_failure(u, e, f"finished but its record {layout.record(u.stage, u.name)} could not be written") from e
 
 
-def _call(work, name, payload):
-    """Worker side: ``(name, result, None)`` or ``(name, None, exception)``, so
-    that the main process can name the unit that failed."""
+def _run_one(work, u: Unit) -> tuple:
+    """``(result, files state)`` of one unit: the inputs' states are taken
+    before the work reads them, the outputs' after it wrote them; the hashing
+    runs where the work runs (a worker process, in parallel)."""
+    inputs = {str(p): file_state(p) for p in u.inputs}
+    res = work(u.payload)
+    return res, {"inputs": inputs, "outputs": files_state(Unit(u.stage, u.name, "", u.outputs, None))["outputs"]}
+
+
+def _call(work, u: Unit):
+    """Worker side: ``(name, (result, files), None)`` or ``(name, None,
+    exception)``, so that the main process can name the unit that failed."""
+    name = u.name
     try:
-        return name, work(payload), None
+        return name, _run_one(work, u), None
     except Exception as e:
         try:
             import pickle

@@ -24,6 +24,18 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        """Every command's errors, caught once: a :class:`DhmDataError` (a
+        problem of the input, of a file, or a run that cannot go on) exits
+        non-zero with its message; anything else is a bug and keeps its
+        traceback."""
+        from dhm_data.errors import DhmDataError
+
+        try:
+            return super().invoke(ctx)
+        except DhmDataError as e:
+            raise click.ClickException(str(e)) from e
+
     def list_commands(self, ctx):
         return sorted(n for n in COMMANDS if self._load(n, quiet=True) is not None)
 

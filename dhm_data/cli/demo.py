@@ -21,7 +21,6 @@ def demo(out, n, jobs, seed, fresh):
     protocol, and print where everything is."""
     from dhm_data.build.flow import BuildRequest, run_build
     from dhm_data.build.layout import BuildLayout
-    from dhm_data.errors import BuildError, BuildLockedError, UnitError
     from dhm_data.synth import synthesize
 
     if fresh and out.exists():
@@ -35,11 +34,8 @@ def demo(out, n, jobs, seed, fresh):
             synthesize(dataset, tree, n, seed=seed)
         click.echo(f"building {dataset} -> {builds / dataset}")
         l3 = next(tree.rglob("synthetic_landmarks_3d.npz"), None) if dataset == "ls3dw" else None
-        try:
-            s = run_build(BuildRequest(dataset, tree, builds / dataset, None, jobs=jobs, landmarks_3d=l3),
-                          echo=lambda m: click.echo(f"  {m}", err=True))
-        except (BuildError, BuildLockedError, UnitError) as e:
-            raise click.ClickException(str(e)) from e
+        s = run_build(BuildRequest(dataset, tree, builds / dataset, None, jobs=jobs, landmarks_3d=l3),
+                      echo=lambda m: click.echo(f"  {m}", err=True))
         extra = f", fitted {s['fit']['fitted']} (converged {s['fit']['converged']})" if s.get("fit") else ""
         lines.append(f"  {dataset:9s} raw {tree}\n            shards {builds / dataset}: {s['written']}, rejected {s['rejected']}{extra}")
 

@@ -16,21 +16,17 @@ import click
               help="Also export the sample's 3D face as .obj/.ply (needs --bfm with triangles).")
 @click.option("--bfm", type=click.Path(path_type=Path), default=None, help="Full model for --mesh.")
 def show(out, index, split, output, mesh, bfm):
-    """Draw sample INDEX of the build OUT: the crop with its landmarks, the DHM beside it."""
-    from dhm_data.errors import MeshError, ModelFileError, ShardError
+    """Draw sample INDEX of the build OUT: the crop with its landmarks, the DHM beside it.
 
-    try:
-        _show(out, index, split, output, mesh, bfm)
-    except (ShardError, ModelFileError, MeshError) as e:
-        raise click.ClickException(str(e)) from e
-
-
-def _show(out, index, split, output, mesh, bfm):
+    With --mesh, the model must be one the sample's parameters belong to
+    (the labels' model family, or the model the build fitted with): another
+    is refused."""
     from dhm_data.build.layout import BuildLayout
     from dhm_data.load import ShardDataset
     from dhm_data.viz.sample import sample_picture, save_png
 
     layout = BuildLayout(out)
+    model = _mesh_model(layout, bfm) if mesh is not None else None
     shards = layout.shards(split)
     if not shards:
         raise click.ClickException(f"{out}: no shards{' in split ' + split if split else ''}; run `dhm-data build` first")
@@ -42,11 +38,22 @@ def _show(out, index, split, output, mesh, bfm):
     save_png(output, sample_picture(s["image"], s["landmarks_2d"], s["dhm"]))
     click.echo(f"{output}: {s['name']} ({split_dir.name} #{index}, yaw {float(s['yaw']):.1f} deg)")
     if mesh is not None:
-        from dhm_data.models.formats import load_model
         from dhm_data.viz.mesh import export_mesh
 
-        if bfm is None:
-            raise click.ClickException("--mesh needs --bfm: the full model with triangles")
-        model = load_model(bfm)
         export_mesh(model, s["shape_para"], s["exp_para"], mesh)
         click.echo(f"{mesh}: mesh of {s['name']}")
+
+
+def _mesh_model(layout, bfm):
+    """The --bfm model, refused unless the build's parameters belong to it."""
+    import json
+
+    from dhm_data.build.model_check import check_mesh_model
+    from dhm_data.models.formats import load_model
+
+    if bfm is None:
+        raise click.ClickException("--mesh needs --bfm: the full model with triangles")
+    model = load_model(bfm)
+    if layout.summary.exists():
+        check_mesh_model(model, json.loads(layout.summary.read_text()))
+    return model

@@ -32,28 +32,20 @@ def synth(dataset, out, n, seed, bfm, names_file, force, quiet):
     into a temporary folder and renamed into place: an interrupted run leaves
     nothing behind.
     """
-    from dhm_data.errors import SynthError
     from dhm_data.synth import DATASETS, synthesize
 
     model = None
     if bfm is not None:
-        from dhm_data.errors import ModelFileError
         from dhm_data.models.formats import load_model
 
-        try:
-            model = load_model(bfm)
-        except ModelFileError as e:
-            raise click.ClickException(str(e)) from e
+        model = load_model(bfm)
     names = None
     if names_file is not None:
         from dhm_data.synth.w300lp import read_name_list
 
         if dataset != "300wlp":
             raise click.UsageError(f"--names is only supported for 300wlp, not {dataset}")
-        try:
-            names = read_name_list(names_file)
-        except SynthError as e:
-            raise click.ClickException(str(e)) from e
+        names = read_name_list(names_file)
         n = len(names)
     bar = None
     if not quiet:
@@ -67,8 +59,6 @@ def synth(dataset, out, n, seed, bfm, names_file, force, quiet):
 
     try:
         synthesize(dataset, out, n, seed=seed, model=model, force=force, progress=progress, names=names)
-    except SynthError as e:
-        raise click.ClickException(str(e)) from e
     finally:
         if bar is not None:
             bar.close()

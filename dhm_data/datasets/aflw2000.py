@@ -1,6 +1,6 @@
 """AFLW2000-3D reader (Zhu et al. 2016), the large-pose test set.
 
-Layout: ``AFLW2000/image0xxxx.jpg + .mat`` (CONVENTIONS.md section 2), in
+Layout: ``AFLW2000/image0xxxx.jpg + .mat`` (docs/conventions.md section 2), in
 sorted file-name order, the order of every published benchmark.  Labels:
 
 * ``annotation="original"`` (default): ``pt3d_68`` (3, 68), 1-based x, y
@@ -13,7 +13,10 @@ sorted file-name order, the order of every published benchmark.  Labels:
 
 ``pt2d`` is the AFLW 21-point set with invisible points stored as -1: it is
 kept in ``extra["pt2d_21"]`` (1-based, untouched) and never used as a 68-point
-label.  ``roi`` is in the original AFLW frame and not a face box: ignored.
+label.  Three real files (image01198, image02899, image03189) hold a 23-point
+``pt2d``: the build does not use it, so a malformed ``pt2d`` is a warning on
+the sample (``Sample.warnings``, recorded in ``build.json``), not a rejection,
+and ``extra["pt2d_21"]`` is None.  ``roi`` is in the original AFLW frame and not a face box: ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Reader(DatasetReader):
     folder_name = "AFLW2000"
     expected_children = ("image*.mat", "image*.jpg")
     option_names = ("annotation", "reannotated_dir")
+    option_choices = {"annotation": ("original", "reannotated")}
+    parameter_model = ("bfm2009", 199, 29)
     how_to_get = (
         "AFLW2000-3D is distributed by the 3DDFA authors (AFLW2000-3D.zip); unpack it so that "
         "AFLW2000/image00002.jpg and .mat exist, or run `dhm-data synth aflw2000` for synthetic data."
@@ -51,10 +56,7 @@ class Reader(DatasetReader):
 
     @property
     def annotation(self) -> str:
-        a = self.options.get("annotation", "original")
-        if a not in ("original", "reannotated"):
-            raise DatasetError(f"aflw2000: annotation {a!r}; expected 'original' or 'reannotated'")
-        return a
+        return self.options.get("annotation", "original")
 
     @property
     def reannotated_dir(self) -> Path:
@@ -78,7 +80,12 @@ class Reader(DatasetReader):
         mat = load_mat(mat_path)
         pt3d = camera.one_based_to_zero_based(field(mat, mat_path, "pt3d_68", (3, 68)).T)
         pose, shape, exp = labelled_parameters(mat, mat_path)
-        pt2d_21 = field(mat, mat_path, "pt2d", (2, 21), finite=False)
+        warnings = []
+        try:
+            pt2d_21 = field(mat, mat_path, "pt2d", (2, 21), finite=False)
+        except DatasetError as e:  # not used by any build: kept as a warning
+            pt2d_21 = None
+            warnings.append(f"{e} (unused field; sample kept)")
         lm2d, source = pt3d[:, :2].copy(), "pt3d_68"
         if self.annotation == "reannotated":
             t7 = item.paths[2]
@@ -97,5 +104,6 @@ class Reader(DatasetReader):
             source_id=item.source_id,
             landmark_source=source,
             extra={"pt2d_21": pt2d_21, "yaw_deg": float(camera.yaw_degrees(pose))},
+            warnings=warnings,
         )
 

@@ -40,6 +40,9 @@ class Sample:
         landmark_source: which label the 2D landmarks came from, e.g.
             ``"pt2d"``, ``"landmarks/pts_3d"``, ``"pt3d_68"``, ``"t7"``.
         extra: reader-specific extra arrays (e.g. AFLW 21-point ``pt2d``).
+        warnings: problems that do not make the sample unusable (a malformed
+            field no build uses), as sentences naming the file and field;
+            recorded per sample in ``build.json``.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Sample:
     source_id: str = ""
     landmark_source: str = ""
     extra: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     @property
     def has_parameters(self) -> bool:
@@ -92,14 +96,49 @@ class DatasetReader:
 
     #: the options this reader takes (a pipeline's [reader] table)
     option_names: tuple = ()
+    #: option -> the values it may take (a list option: each element), for
+    #: options that name one of a few choices
+    option_choices: dict = {}
+    #: options whose value is a list (of ``option_choices`` where given)
+    list_options: tuple = ()
+    #: the morphable-model family whose coefficients the dataset's 3DMM labels
+    #: (``Shape_Para``, ``Exp_Para``) are, with their lengths: ``(family, K, E)``,
+    #: or None for a dataset without such labels (see dhm_data.models.formats.model_family)
+    parameter_model: tuple | None = None
 
     def __init__(self, root, **options):
-        unknown = sorted(set(options) - set(self.option_names))
-        if unknown:
-            raise DatasetError(f"{self.name}: unknown reader options {unknown}; "
-                               f"this reader takes {', '.join(self.option_names) or 'none'}")
+        problems = self.option_problems(options)
+        if problems:
+            raise DatasetError(f"{self.name}: " + "; ".join(problems))
         self.root = self.locate(root)
         self.options = options
+
+    @classmethod
+    def option_problems(cls, options: dict) -> list[str]:
+        """What is wrong with ``options`` for this reader (unknown names,
+        values outside :attr:`option_choices`), as sentences; empty if nothing.
+        The one check of a pipeline's ``[reader]`` table, run before any work."""
+        problems = []
+        unknown = sorted(set(options) - set(cls.option_names))
+        if unknown:
+            problems.append(f"unknown options {unknown} for the {cls.name} reader; it takes "
+                            f"{', '.join(cls.option_names) or 'none'}")
+        for key, value in options.items():
+            if key in cls.list_options:
+                if not isinstance(value, (list, tuple)):
+                    problems.append(f"option {key} must be a list, found {value!r}")
+                    continue
+                values = list(value)
+            else:
+                values = [value]
+            if key in cls.option_choices:
+                bad = [v for v in values if v not in cls.option_choices[key]]
+                if bad:
+                    problems.append(f"option {key} {value!r}: expected {'each of ' if key in cls.list_options else ''}"
+                                    f"one of {', '.join(map(str, cls.option_choices[key]))}")
+            elif key in cls.option_names and not all(isinstance(v, str) for v in values):
+                problems.append(f"option {key} must be a string, found {value!r}")
+        return problems
 
     @classmethod
     def locate(cls, root) -> Path:

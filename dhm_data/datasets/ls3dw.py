@@ -1,7 +1,7 @@
 """LS3D-W reader (Bulat & Tzimiropoulos 2017, "How far are we from solving the
 2D & 3D face alignment problem?").
 
-Layout (CONVENTIONS.md section 3): ``LS3D-W/{300W-Testset-3D,
+Layout (docs/conventions.md section 3): ``LS3D-W/{300W-Testset-3D,
 AFLW2000-3D-Reannotated, Menpo-3D, 300VW-3D/{CatA,CatB,CatC,Trainset}/<video>/}``;
 every image has a same-name ``.t7`` (Torch7 FloatTensor 68x2, 0-based pixels).
 No 3DMM parameters: ``dhm-data fit-bfm`` provides them.  Sample names are the
@@ -17,7 +17,6 @@ from pathlib import Path
 
 from dhm_data.datasets.base import DatasetReader, Item, Sample
 from dhm_data.datasets.labels import read_landmarks_t7
-from dhm_data.errors import DatasetError
 from dhm_data.formats.files import require_file
 from dhm_data.formats.images import image_size
 
@@ -38,16 +37,15 @@ class Reader(DatasetReader):
     folder_name = "LS3D-W"
     expected_children = ("300W-Testset-3D", "AFLW2000-3D-Reannotated", "Menpo-3D", "300VW-3D")
     option_names = ("subsets",)
+    option_choices = {"subsets": SUBSETS}
+    list_options = ("subsets",)
     how_to_get = (
         "LS3D-W is distributed by its authors (adrianbulat.com, LS3D-W.tar.gz); unpack it so that "
         "LS3D-W/Menpo-3D etc. exist, or run `dhm-data synth ls3dw` for synthetic data."
     )
 
     def items(self) -> list[Item]:
-        wanted = self.options.get("subsets") or SUBSETS
-        unknown = set(wanted) - set(SUBSETS)
-        if unknown:
-            raise DatasetError(f"ls3dw: unknown subsets {sorted(unknown)}; known: {', '.join(SUBSETS)}")
+        wanted = self.options.get("subsets") or SUBSETS  # checked by option_problems
         out = []
         for subset in wanted:
             d = self.root / subset

@@ -1,6 +1,6 @@
 """300W-LP reader (Zhu et al. 2016, the 3DDFA training set).
 
-Layout (CONVENTIONS.md section 1): ``300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/
+Layout (docs/conventions.md section 1): ``300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/
 <name>.jpg + <name>.mat`` and ``landmarks/<SUBSET>/<name>_pts.mat``.  Names end
 in the pose-augmentation step ``k`` (``_0`` is the original photo).
 
@@ -34,7 +34,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 
 from dhm_data.datasets.base import DatasetReader, Item, Sample
 from dhm_data.datasets.labels import field, labelled_parameters
@@ -43,6 +42,7 @@ from dhm_data.formats.files import require_file
 from dhm_data.formats.images import image_size
 from dhm_data.formats.matfile import load_mat
 from dhm_data.geometry import camera
+from dhm_data.geometry.landmarks68 import MIRROR_68, mirror_landmarks
 
 SUBSETS = ("AFW", "HELEN", "IBUG", "LFPW")
 #: The 3DMM label variables read from a sample's .mat (the rest is never used).
@@ -50,17 +50,13 @@ _LABELS = ("Pose_Para", "Shape_Para", "Exp_Para")
 _STEP = re.compile(r"^(?P<source>.+)_(?P<k>\d+)$")
 
 
-def mirror_permutation() -> np.ndarray:
-    from dhm_data.geometry.landmarks68 import MIRROR_68
-
-    return np.asarray(MIRROR_68)
-
-
 class Reader(DatasetReader):
     name = "300wlp"
     folder_name = "300W_LP"
     expected_children = SUBSETS + tuple(s + "_Flip" for s in SUBSETS)
     option_names = ("landmarks",)
+    option_choices = {"landmarks": ("auto", "pts_3d", "pts_2d", "pt2d")}
+    parameter_model = ("bfm2009", 199, 29)
     how_to_get = (
         "300W-LP is distributed by the 3DDFA authors (Zhu et al., 'Face Alignment Across Large Poses'); "
         "unpack 300W-LP.zip so that 300W_LP/AFW, 300W_LP/HELEN, ... exist, or run `dhm-data synth 300wlp` for synthetic data."
@@ -68,10 +64,7 @@ class Reader(DatasetReader):
 
     @property
     def landmark_option(self) -> str:
-        opt = self.options.get("landmarks", "auto")
-        if opt not in ("auto", "pts_3d", "pts_2d", "pt2d"):
-            raise DatasetError(f"300wlp: landmarks option {opt!r}; expected auto, pts_3d, pts_2d or pt2d")
-        return opt
+        return self.options.get("landmarks", "auto")
 
     def items(self) -> list[Item]:
         out = []
@@ -145,11 +138,11 @@ class Reader(DatasetReader):
                 "the original photo, not warped, so it cannot be used"
             )
         pts = camera.one_based_to_zero_based(pts)
-        if mirror_here:
-            pts[:, 0] = w - 1 - pts[:, 0]
+        if mirror_here:  # the original photo's labels, mirrored into this image and re-labelled
+            pts = mirror_landmarks(pts, w)
             source += " (mirrored)"
-        if item.flipped:
-            pts = pts[mirror_permutation()]
+        elif item.flipped:  # already in the mirrored image: re-labelled only
+            pts = pts[MIRROR_68]
 
         # The labels stored for the sample are its own file's; a mirrored
         # sample's 3D landmarks come from its original photo's labels, mirrored.

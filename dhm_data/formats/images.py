@@ -9,6 +9,7 @@ source coordinate ``r p + (r - 1) / 2`` (0-based pixel centres).
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -98,14 +99,63 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
-    """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8."""
+    """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8
+    (what the decoder reports about damaged data is dropped: see
+    :func:`decode_rgb_checked`)."""
+    return decode_rgb_checked(path, reduction)[0]
+
+
+def decode_rgb_checked(path: Path, reduction: int = 1) -> tuple[np.ndarray, list[str]]:
+    """``(image, decoder messages)``: the image as :func:`decode_rgb` gives
+    it, and the lines the native decoder wrote to the standard error while
+    decoding it (libjpeg's "Corrupt JPEG data: ..." for a damaged file that
+    still decodes), captured so that they never reach the terminal raw.
+    An empty list: the decoder said nothing."""
     buf = np.frombuffer(read_image_bytes(path), np.uint8)
-    img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
+    with _native_stderr_captured() as said:
+        img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
     if img is None:
         raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes): {_diagnose(buf)}")
     if img.ndim == 2:  # some decoders hand back grey for odd files
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    return img if _RGB_FLAG is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), said
+    return (img if _RGB_FLAG is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)), said
+
+
+#: (pid, fd) of this process's capture file (a forked child makes its own)
+_SINK: list = [None, None]
+
+
+class _native_stderr_captured:
+    """File descriptor 2 pointed at a private temporary file for the duration
+    (native libraries write there directly, bypassing ``sys.stderr``); on
+    exit, the lines written are in the list the ``with`` gives.  Costs a few
+    system calls (microseconds); reads the file only when something was
+    written.  Not for threads that write to the standard error meanwhile."""
+
+    def __enter__(self) -> list:
+        import tempfile
+
+        if _SINK[0] != os.getpid():
+            f = tempfile.TemporaryFile()
+            _SINK[:] = [os.getpid(), os.dup(f.fileno())]
+            f.close()
+        self.lines = []
+        self.saved = os.dup(2)
+        os.dup2(_SINK[1], 2)
+        return self.lines
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        fd = _SINK[1]
+        n = os.lseek(fd, 0, os.SEEK_END)
+        if n:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, n).decode("utf-8", "replace")
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            self.lines.extend(line.strip() for line in text.splitlines() if line.strip())
+        return False
 
 
 def _diagnose(buf: np.ndarray) -> str:

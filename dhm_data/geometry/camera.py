@@ -3,7 +3,7 @@
 This is the only module that converts between pose parameterisations, projects
 model points into images or flips between 1-based and 0-based pixels.
 
-Conventions (CONVENTIONS.md section 4):
+Conventions (docs/conventions.md section 4):
 
 * ``Pose_Para = [pitch, yaw, roll, tx, ty, tz, s]``, angles in radians.
 * ``R = Rx(pitch) @ Ry(yaw) @ Rz(roll)`` where each elementary matrix is the
@@ -23,6 +23,8 @@ Arrays of points are ``(..., N, 3)`` (or ``(..., N, 2)``) rows, not columns.
 from __future__ import annotations
 
 import numpy as np
+
+from dhm_data.errors import InputError
 
 __all__ = [
     "rotation_from_angles",
@@ -86,7 +88,7 @@ def pose_para_to_srt(pose_para: np.ndarray):
     vertical flip)."""
     p = np.asarray(pose_para, np.float64)
     if p.shape[-1] != 7:
-        raise ValueError(f"Pose_Para must have 7 values [pitch, yaw, roll, tx, ty, tz, s], got shape {p.shape}")
+        raise InputError(f"Pose_Para must have 7 values [pitch, yaw, roll, tx, ty, tz, s], got shape {p.shape}")
     R = rotation_from_angles(p[..., 0], p[..., 1], p[..., 2])
     return p[..., 6], R, p[..., 3:6]
 

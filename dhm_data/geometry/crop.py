@@ -1,6 +1,6 @@
 """Square face crops from ground-truth landmarks (no face detector).
 
-Rule (documented in the README): take the tight box of the valid 2D landmarks,
+Rule (docs/conventions.md section 5): take the tight box of the valid 2D landmarks,
 centre a square on the box centre with side ``s = (1 + margin) * max(w, h)``
 (default margin 0.3), snap it to whole source pixels, and resample it to
 ``size x size`` pixels.

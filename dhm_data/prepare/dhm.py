@@ -1,4 +1,4 @@
-"""The seed paper's 3-channel 3D Diffusion Heat Map (CONVENTIONS.md section 5).
+"""The seed paper's 3-channel 3D Diffusion Heat Map (docs/conventions.md section 6).
 
 For ``L`` posed 3D landmarks with crop positions ``(x_l, y_l)``:
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from dhm_data.errors import PrepareError
 
 
 def normalise_coordinates(landmarks_3d: np.ndarray) -> np.ndarray:
@@ -139,7 +141,7 @@ class QuantisedDHMBlocks:
         non-zero pixels are written).  Returns ``out``."""
         P = np.asarray(landmarks_3d, np.float64)
         if P.ndim != 3 or P.shape[2] != 3 or out.shape != (len(P), self.size, self.size, 3) or out.dtype != np.uint8:
-            raise ValueError(f"expected (B, L, 3) landmarks and a (B, {self.size}, {self.size}, 3) uint8 out, "
+            raise PrepareError(f"expected (B, L, 3) landmarks and a (B, {self.size}, {self.size}, 3) uint8 out, "
                              f"found {P.shape} and {out.shape} {out.dtype}")
         for i in range(0, len(P), self.group):
             self._render_group(P[i:i + self.group], out[i:i + self.group])

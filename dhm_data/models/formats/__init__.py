@@ -63,6 +63,40 @@ def detect_format(path) -> ModelFormat:
     raise ModelFileError(f"{p}: not a morphable model this version can read; known formats: {names}")
 
 
+#: model families whose coefficients mean the same thing (a dataset's 3DMM
+#: labels belong to one): the Basel Face Model 2009 with the 3DDFA expression
+#: components (300W-LP, AFLW2000-3D), the Surrey Face Model, the packaged
+#: SYNTHETIC model
+FAMILIES = {
+    "bfm2009": "the Basel Face Model 2009 with the 3DDFA expression components (--bfm: 01_MorphableModel.mat "
+               "+ the 3DDFA expression model, face3d's BFM.mat, 3DDFA_V2's bfm_noneck_v3.pkl or the 68-row subset)",
+    "surrey": "the Surrey Face Model (eos)",
+    "synthetic": "the packaged dhm-data SYNTHETIC face model",
+}
+
+
+def model_family(model: MorphableModel) -> str:
+    """The family of ``model`` (a key of :data:`FAMILIES`): its loader
+    records it in ``metadata["family"]``; a model saved before that (a
+    compact cache) is known by its name; ``"unknown"`` otherwise."""
+    family = (model.metadata or {}).get("family")
+    return str(family) if family else family_of_name(model.name)
+
+
+def family_of_name(name: str) -> str:
+    """The family of a model known only by its name (a ``build.json``, an
+    older compact file), ``"unknown"`` if the name does not say."""
+    from dhm_data.models.synthetic import SYNTHETIC_MODEL_NAME  # the synthetic model is a compact file
+
+    if name.startswith(SYNTHETIC_MODEL_NAME):
+        return "synthetic"
+    if name.startswith("BFM 2009"):
+        return "bfm2009"
+    if name.startswith("Surrey Face Model"):
+        return "surrey"
+    return "unknown"
+
+
 def load_model(path) -> MorphableModel:
     """Load a morphable model from ``path``, detecting its format."""
     p = Path(path).expanduser()

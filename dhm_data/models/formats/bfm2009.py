@@ -23,7 +23,7 @@ accepted.  Optional: ``Modelplus_parallel.mat`` (3DDFA) whose ``parallel``
 cell array of 17 1-based vertex lists becomes ``contour_candidates``.
 
 The model is ``S = shapeMU[trim] + mu_exp + shapePC[trim] @ Shape_Para +
-w_exp @ Exp_Para`` (CONVENTIONS.md section 4): the mean includes the
+w_exp @ Exp_Para`` (docs/conventions.md section 4): the mean includes the
 expression mean, coefficients are 300W-LP's ``Shape_Para`` / ``Exp_Para``
 directly, ``identity_std = shapeEV`` and ``expression_std = sigma_exp`` (as
 face3d's fitting uses them).  Vertex and sample counts are checked against
@@ -285,7 +285,7 @@ def load(path: Path) -> MorphableModel:
         contour_candidates=contours,
         units="micrometre",
         source=";".join(str(p) for p in sources),
-        metadata={"format": "bfm2009", "axes": "BFM model frame: x right (subject's left), y up, z towards the viewer"},
+        metadata={"format": "bfm2009", "family": "bfm2009", "axes": "BFM model frame: x right (subject's left), y up, z towards the viewer"},
     )
 
 

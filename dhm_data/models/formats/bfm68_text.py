@@ -42,7 +42,7 @@ def _read(path: Path, shape_cols):
 #: BFM 2009 identity coefficients in 300W-LP labels (a few 1e5).  Flat across
 #: components, a deliberate, documented simplification.
 ASSUMED_IDENTITY_STD = 3.0e5
-#: ``Exp_Para`` is pre-scaled to be of order 1 (CONVENTIONS.md section 4).
+#: ``Exp_Para`` is pre-scaled to be of order 1 (docs/conventions.md section 4).
 ASSUMED_EXPRESSION_STD = 1.0
 
 
@@ -65,6 +65,7 @@ def load(path: Path) -> MorphableModel:
         landmark_indices=np.arange(V),
         units="micrometre",
         source=str(path),
+        metadata={"format": "bfm68-text", "family": "bfm2009"},
     )
 
 

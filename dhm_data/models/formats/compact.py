@@ -204,7 +204,7 @@ def _jsonable(o):
         return o.tolist()
     if isinstance(o, (Path, tuple, set)):
         return str(o) if isinstance(o, Path) else list(o)
-    raise TypeError(f"model metadata value of type {type(o).__name__} cannot be stored in a compact model")
+    raise ModelFileError(f"model metadata value of type {type(o).__name__} cannot be stored in a compact model")
 
 
 FORMAT = ModelFormat(

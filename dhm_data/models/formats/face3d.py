@@ -112,7 +112,7 @@ def load(path: Path) -> MorphableModel:
         contour_candidates=contours,
         units="micrometre",
         source=";".join(sources),
-        metadata={"format": "face3d"},
+        metadata={"format": "face3d", "family": "bfm2009"},
     )
 
 

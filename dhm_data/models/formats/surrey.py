@@ -344,6 +344,7 @@ def load(path: Path) -> MorphableModel:
         source=";".join(sources),
         metadata={
             "format": "surrey",
+            "family": "surrey",
             "eos_class_version": raw["version"],
             "axes": "SFM model frame: y up",
             "coefficients": "standard normal (basis = orthonormal basis x sqrt(eigenvalue))",

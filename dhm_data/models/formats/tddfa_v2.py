@@ -155,7 +155,7 @@ def load(path: Path) -> MorphableModel:
         triangles=tri,
         units="micrometre",
         source=";".join(sources),
-        metadata={"format": "tddfa_v2", "std": "assumed (the file has none); see model_io.bfm68_text"},
+        metadata={"format": "tddfa_v2", "family": "bfm2009", "std": "assumed (the file has none); see model_io.bfm68_text"},
     )
 
 
