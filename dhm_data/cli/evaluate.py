@@ -77,6 +77,10 @@ def _predictions(preds, labels, names_files, gt, kind, protocol, opts):
     if protocol is not None and protocol.exclude:
         keep = ~np.isin(np.array([str(n) for n in gt.names]), protocol.exclude)
         subset, subset_name = np.flatnonzero(keep), f"protocol {protocol.name}"
+    if kind == "pose" and not opts["all_faces"] and gt.pose_para is not None:
+        from dhm_data.evaluate.lists import pose_filter
+
+        subset, subset_name = np.flatnonzero(pose_filter(gt.names, gt.pose_para)), "the [-99, 99] pose filter"
     decoder = None
     if kind == "3ddfa-params":
         from dhm_data.evaluate.tddfa import read_param_stats
@@ -201,7 +205,8 @@ def main(preds, dataset, root, build_dir, aflw2000_root, metric, input_kind, pro
     if metric == "pose" and pose_format is None and proto is None:
         raise click.UsageError(f"--metric pose needs --pose-format ({', '.join(POSE_FORMATS)}) or --protocol")
     names = _labels(preds, labels)
-    opts = dict(bfm=bfm, param_stats=param_stats, roi_box=roi_box, one_based=one_based, crop_coords=crop_coords)
+    opts = dict(bfm=bfm, param_stats=param_stats, roi_box=roi_box, one_based=one_based, crop_coords=crop_coords,
+                all_faces=all_faces)
     try:
         gt = load_ground_truth(dataset, root=root, build=build_dir, aflw2000_root=aflw2000_root)
         predictions = _predictions(preds, names, _names_files(names_files, preds), gt, kind, proto, opts)

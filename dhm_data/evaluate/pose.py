@@ -138,6 +138,27 @@ def from_pose_para(pose_para, fmt: str) -> np.ndarray:
     raise EvaluationError(f"unknown pose format {fmt!r}; known: {', '.join(POSE_FORMATS)}")
 
 
+#: formats whose angles come from decomposing a rotation (two Euler triples per rotation)
+MATRIX_FORMATS = ("matrix", "6drepnet-matrix", "rotvec-img2pose")
+
+
+def _wrap(a):
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def nearest_euler(angles, true) -> np.ndarray:
+    """Of the two (pitch, yaw, roll) triples of each rotation, ``(p, y, r)`` and
+    ``(p + pi, pi - y, r + pi)`` (wrapped to [-pi, pi)), the one nearest ``true``
+    (sum of absolute differences); ``(N, 3)`` radians.  Both describe the same
+    rotation: a prediction given as a matrix near |yaw| = 90 is not charged 180
+    degrees for the decomposition's choice."""
+    a = np.asarray(angles, np.float64)
+    t = np.asarray(true, np.float64)
+    alt = _wrap(np.stack([a[:, 0] + np.pi, np.pi - a[:, 1], a[:, 2] + np.pi], axis=1))
+    use = np.abs(alt - t).sum(axis=1) < np.abs(a - t).sum(axis=1)
+    return np.where(use[:, None], alt, a)
+
+
 # ------------------------------------------------------------------ errors
 @defined_by("pose.mae")
 def angle_errors(pred_deg, true_deg, variant: str = "plain") -> np.ndarray:
@@ -154,7 +175,7 @@ def angle_errors(pred_deg, true_deg, variant: str = "plain") -> np.ndarray:
 @defined_by("pose.geodesic")
 def geodesic_deg(R_pred, R_true) -> np.ndarray:
     """Angle of ``R_pred R_true^T`` in degrees, ``(N,)``, for ``(N, 3, 3)`` rotations."""
-    c = (np.einsum("nij,nij->n", np.asarray(R_pred, np.float64), np.asarray(R_true, np.float64)) - 1) / 2
+    c = (np.einsum("...ij,...ij->...", np.asarray(R_pred, np.float64), np.asarray(R_true, np.float64)) - 1) / 2
     return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
 
 
@@ -242,6 +263,8 @@ def evaluate_pose(pred, pose_para, *, pose_format: str, names=None, label: str =
         idx = np.flatnonzero(~ok)
         raise PredictionError(f"{label}: {len(idx)} of {len(ok)} poses hold NaN/inf (indices "
                               f"{', '.join(map(str, idx[:10]))}); give --nan-as-failure to score them as failures")
+    if pose_format in MATRIX_FORMATS and variant == "plain":
+        ang = nearest_euler(ang, true)
     true_deg = np.degrees(true)
     err = np.full((len(true), 3), np.nan)
     geo = np.full(len(true), np.nan)

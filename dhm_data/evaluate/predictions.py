@@ -217,7 +217,7 @@ def roi_boxes_for(names, boxes, path="--roi-box") -> np.ndarray:
     return b[[row[base_name(str(n))] for n in names]].astype(np.float64)
 
 
-def decode_3ddfa(params, gt_names, model, stats, boxes, what: str) -> tuple[np.ndarray, dict]:
+def decode_3ddfa(params, gt_names, model, stats, boxes) -> tuple[np.ndarray, dict]:
     """3DDFA-family parameters ``(N, 62)`` of the images ``gt_names`` -> ``(N, 68, 3)``
     landmarks in 0-based source pixels, and what was done (for the report)."""
     mean, std = stats

@@ -44,7 +44,9 @@ DEFINITIONS = {
                     "AUC = scipy.integrate.simpson(c, x=x) / t",
     "pose.angles": "yaw, pitch, roll in degrees in the Pose_Para convention of 300W-LP / AFLW2000-3D "
                    "(R = Rx(pitch)^T Ry(yaw)^T Rz(roll)^T, camera.rotation_from_angles); predictions given as "
-                   "matrices or rotation vectors are decomposed with yaw in [-90, 90]",
+                   "matrices or rotation vectors are decomposed into the one of their two Euler triples, (p, y, r) or "
+                   "(p + 180, 180 - y, r + 180), nearest the truth (the same rotation: no 180 degree charge for the "
+                   "decomposition's choice near |yaw| = 90); the 6drepnet variant keeps yaw in [-90, 90] and wraps",
     "pose.mae": "per angle: mean over faces of |predicted - true| in degrees (no wrap-around); 'MAE' = mean of the "
                 "yaw, pitch and roll MAEs, the figure of the head-pose tables",
     "pose.geodesic": "angle of R_pred R_true^T in degrees, arccos((trace - 1) / 2): mean and median over faces",
