@@ -97,9 +97,9 @@ def landmark_array(points, what: str = "landmarks", *, dims: int | None = None, 
             hint = " (not 68 landmarks)"
         elif a.ndim == 2 and a.shape[0] == 68:
             hint = " (one face: add the leading N axis, e.g. points[None])"
-        raise error(f"{what}: found shape {a.shape}{hint}; {ACCEPTED_SHAPES_TEXT}")
+        raise error(f"{what}: found {a.shape}{hint}; {ACCEPTED_SHAPES_TEXT}")
     if dims == 3 and rows.shape[2] != 3:
-        raise error(f"{what}: found shape {a.shape} without z, this needs 3D landmarks (N, 68, 3) or (N, 3, 68); "
+        raise error(f"{what}: found {a.shape} without z, this needs 3D landmarks (N, 68, 3) or (N, 3, 68); "
                     f"{ACCEPTED_SHAPES_TEXT}")
     if dims == 2:
         rows = rows[:, :, :2]
