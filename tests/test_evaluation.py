@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from dhm_data.errors import EvaluationError, PredictionError
+from dhm_data.evaluate import comparison_table
 from dhm_data.evaluate import metrics as ev
+from dhm_data.geometry.landmarks68 import landmark_array
 
 
 # ------------------------------------------------------------------ a case computed on paper
@@ -55,7 +57,7 @@ def test_z_is_ignored_and_layouts_agree(paper_case):
     g3 = np.concatenate([g, -z], axis=2)
     np.testing.assert_allclose(ev.nme(p3, g3), expected, atol=1e-12)
     for layout in (p3, p.transpose(0, 2, 1), p3.transpose(0, 2, 1)):
-        np.testing.assert_allclose(ev.as_landmarks_2d(layout), p, atol=0)
+        np.testing.assert_allclose(landmark_array(layout, dims=2), p, atol=0)
         r = ev.evaluate(layout, g, yaw)
         np.testing.assert_allclose(r.nme, expected, atol=1e-12)
 
@@ -208,7 +210,7 @@ def test_report_dict_is_json_and_complete(paper_case):
     assert d["yaw_bins"][2]["upper_deg"] is None
     assert d["per_image"]["nme"] == pytest.approx(r.nme.tolist())
     assert "ddof=0" in d["protocol"]["balanced_std"]
-    table = ev.comparison_table([r, ev.evaluate(g, g, yaw, label="perfect")])
+    table = comparison_table([r, ev.evaluate(g, g, yaw, label="perfect")])
     assert "balanced mean" in table and "perfect" in table and "AUC@7% [ls3dw]" in table
 
 

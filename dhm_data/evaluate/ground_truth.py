@@ -5,9 +5,12 @@ three sources, all converted to **0-based pixels of the source image**:
 
 (a) a folder of the 3DDFA benchmark arrays (``AFLW2000-3D.pts68.npy`` (2000, 3, 68)
     = ``pt3d_68``, 1-based; ``AFLW2000-3D-Reannotated.pts68.npy`` (2000, 2, 68), 0-based;
-    ``AFLW2000-3D.pose.npy`` (2000,) signed yaw in degrees), for ``aflw2000`` and
-    ``aflw2000-reannotated``.  These arrays carry no file names: the rows are in sorted
-    file-name order and get the *positional* names ``#0000`` ... ``#1999``.
+    ``AFLW2000-3D.pose.npy`` (2000,) signed yaw in degrees; optionally
+    ``AFLW2000-3D.pose_para.npy`` (2000, 7), every file's ``Pose_Para``, for the pose
+    metric), for ``aflw2000`` and ``aflw2000-reannotated``.  These arrays carry no file
+    names: the rows are in sorted file-name order, named from the shipped list
+    ``manifests/aflw2000-3d.names.txt``; the positions ``#0000`` ... ``#1999`` stay
+    accepted as aliases.
 (b) a raw dataset folder, read with the dataset readers of :mod:`dhm_data.datasets`:
     AFLW2000-3D ``image0xxxx.mat`` (``pt3d_68[:2]`` - 1, yaw = ``degrees(Pose_Para[1])``),
     LS3D-W ``.t7`` files (68x2, already 0-based) for ``ls3dw-*`` and for
@@ -21,21 +24,18 @@ three sources, all converted to **0-based pixels of the source image**:
     subset, without yaw); ``ls3dw-*`` take their subset of an ``ls3dw`` build.  Yaw comes from
     the shards only where the 3DMM parameters are labels (not fitted).
 
-:func:`read_predictions` reads a ``.npy`` or ``.npz`` prediction file and
-:func:`align_predictions` puts it in ground-truth order (by position or by name) and
-converts it to 0-based source pixels (``one_based``: subtract 1; ``crop_coords``: map
-back through the build's affines).
+Prediction files are read and put in ground-truth order by :mod:`dhm_data.evaluate.predictions`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from dhm_data.errors import EvaluationError, GroundTruthError, PredictionError
-from dhm_data.evaluate.metrics import as_landmarks_2d
+from dhm_data.errors import GroundTruthError
+from dhm_data.evaluate.lists import aflw2000_names
 
 #: --dataset name -> what it is; ``subset`` is the LS3D-W folder; ``build`` = (pipeline, split)
 DATASETS = {
@@ -61,8 +61,8 @@ REFERENCE_FILES = {
     "aflw2000": "AFLW2000-3D.pts68.npy",
     "aflw2000-reannotated": "AFLW2000-3D-Reannotated.pts68.npy",
     "pose": "AFLW2000-3D.pose.npy",
+    "pose_para": "AFLW2000-3D.pose_para.npy",
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
@@ -80,6 +80,10 @@ class GroundTruth:
             subset folder, e.g. ``image_00001``), or None.
         crop_affines: ``(N, 2, 3)`` float64 source -> crop affines (build only), or None.
         yaw_source: where the yaws came from, or None.
+        pose_para: ``(N, 3)`` float64 pitch, yaw, roll in radians (``Pose_Para[:3]``), or
+            None (the pose metric needs it).
+        landmarks_3d: ``(N, 68, 3)`` float64, x, y as ``landmarks``, z the depth in pixels
+            as in ``pt3d_68``, or None (the 3D NME needs it).
     """
 
     dataset: str
@@ -91,9 +95,22 @@ class GroundTruth:
     aliases: np.ndarray | None = None
     crop_affines: np.ndarray | None = None
     yaw_source: str | None = None
+    pose_para: np.ndarray | None = None
+    landmarks_3d: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def take(self, index) -> "GroundTruth":
+        """The ground truth of the rows ``index`` (an int array), in that order."""
+        idx = np.asarray(index, np.int64)
+
+        def rows(a):
+            return None if a is None else a[idx]
+
+        return replace(self, names=self.names[idx], landmarks=self.landmarks[idx], yaw_deg=rows(self.yaw_deg),
+                       aliases=rows(self.aliases), crop_affines=rows(self.crop_affines),
+                       pose_para=rows(self.pose_para), landmarks_3d=rows(self.landmarks_3d))
 
     def describe(self) -> dict:
         return {
@@ -103,6 +120,8 @@ class GroundTruth:
             "source": self.source,
             "positional_names": self.positional_names,
             "yaw_source": self.yaw_source,
+            "has_pose_para": self.pose_para is not None,
+            "has_landmarks_3d": self.landmarks_3d is not None,
             "coordinates": "0-based pixels of the source image",
         }
 
@@ -156,16 +175,18 @@ def _load_npy(path: Path, shape: tuple) -> np.ndarray:
 
 
 def from_reference_arrays(dataset: str, folder) -> GroundTruth:
-    """(a) The 3DDFA benchmark arrays: 2,000 faces in sorted file-name order,
-    positional names ``#0000`` ... (the arrays carry no file names)."""
+    """(a) The 3DDFA benchmark arrays: 2,000 faces in sorted file-name order, named
+    from ``manifests/aflw2000-3d.names.txt`` (positions ``#0000`` ... as aliases)."""
     from dhm_data.geometry import camera
 
     folder = Path(folder)
     spec = _check_dataset(dataset)
     pose = _load_npy(folder / REFERENCE_FILES["pose"], (2000,))
+    lm3 = None
     if spec["kind"] == "aflw2000":
         pts = _load_npy(folder / REFERENCE_FILES["aflw2000"], (2000, 3, 68))
-        lm = camera.one_based_to_zero_based(np.swapaxes(pts, 1, 2))[:, :, :2]
+        lm3 = camera.one_based_to_zero_based(np.swapaxes(pts, 1, 2))
+        lm = np.ascontiguousarray(lm3[:, :, :2])
         what = f"{REFERENCE_FILES['aflw2000']} (pt3d_68 x, y, 1-based, converted to 0-based)"
     elif spec["kind"] == "aflw2000-reannotated":
         pts = _load_npy(folder / REFERENCE_FILES["aflw2000-reannotated"], (2000, 2, 68))
@@ -173,9 +194,13 @@ def from_reference_arrays(dataset: str, folder) -> GroundTruth:
         what = f"{REFERENCE_FILES['aflw2000-reannotated']} (LS3D-W re-annotation, 0-based)"
     else:
         raise GroundTruthError(f"{folder}: the 3DDFA benchmark arrays hold AFLW2000-3D only, not {dataset}")
-    names = np.array([f"#{i:04d}" for i in range(len(lm))])
-    return GroundTruth(dataset, names, np.ascontiguousarray(lm), pose, f"{folder}/{what}", positional_names=True,
-                       yaw_source=f"{folder / REFERENCE_FILES['pose']} (Pose_Para yaw, degrees)")
+    pose_para = None
+    if (folder / REFERENCE_FILES["pose_para"]).is_file():
+        pose_para = _load_npy(folder / REFERENCE_FILES["pose_para"], (2000, 7))[:, :3]
+    positions = np.array([f"#{i:04d}" for i in range(len(lm))])
+    return GroundTruth(dataset, aflw2000_names(), lm, pose, f"{folder}/{what}", aliases=positions,
+                       yaw_source=f"{folder / REFERENCE_FILES['pose']} (Pose_Para yaw, degrees)",
+                       pose_para=pose_para, landmarks_3d=lm3)
 
 
 # ------------------------------------------------------------------ (b) raw datasets
@@ -218,7 +243,7 @@ def _aflw2000_raw(root, annotation: str = "original"):
     names = np.array([s.name for s in samples])
     lm = np.stack([s.landmarks_2d for s in samples]).astype(np.float64)
     yaw = np.array([s.extra["yaw_deg"] for s in samples], np.float64)
-    return r, names, lm, yaw
+    return r, names, lm, yaw, samples
 
 
 def from_raw(dataset: str, root, aflw2000_root=None) -> GroundTruth:
@@ -227,13 +252,19 @@ def from_raw(dataset: str, root, aflw2000_root=None) -> GroundTruth:
     root = Path(root).expanduser()
     kind = spec["kind"]
     if kind == "aflw2000":
-        r, names, lm, yaw = _aflw2000_raw(root)
+        r, names, lm, yaw, samples = _aflw2000_raw(root)
+        pose_para = np.stack([s.pose_para[:3] for s in samples]).astype(np.float64)
+        lm3 = None
+        if all(s.landmarks_3d is not None for s in samples):
+            lm3 = np.stack([s.landmarks_3d for s in samples]).astype(np.float64)
         return GroundTruth(dataset, names, lm, yaw, f"{r.root} (.mat pt3d_68 x, y, 1-based, converted to 0-based)",
-                           yaw_source=f"{r.root} (.mat Pose_Para[1], degrees)")
+                           yaw_source=f"{r.root} (.mat Pose_Para[1], degrees)", pose_para=pose_para,
+                           landmarks_3d=lm3)
     if kind == "aflw2000-reannotated" and _looks_like("aflw2000", root):
-        r, names, lm, yaw = _aflw2000_raw(root, annotation="reannotated")
+        r, names, lm, yaw, samples = _aflw2000_raw(root, annotation="reannotated")
         return GroundTruth(dataset, names, lm, yaw, f"{r.reannotated_dir} (.t7 LS3D-W re-annotation, 0-based)",
-                           yaw_source=f"{r.root} (.mat Pose_Para[1], degrees)")
+                           yaw_source=f"{r.root} (.mat Pose_Para[1], degrees)",
+                           pose_para=np.stack([s.pose_para[:3] for s in samples]).astype(np.float64))
     if kind in ("ls3dw", "aflw2000-reannotated"):
         subset = spec["subset"]
         r = _reader("ls3dw", root, subsets=[subset])
@@ -243,7 +274,7 @@ def from_raw(dataset: str, root, aflw2000_root=None) -> GroundTruth:
         lm = np.stack([s.landmarks_2d for s in samples]).astype(np.float64)
         yaw = yaw_source = None
         if kind == "aflw2000-reannotated" and aflw2000_root is not None:
-            ar, anames, _, ayaw = _aflw2000_raw(aflw2000_root)
+            ar, anames, _, ayaw, _ = _aflw2000_raw(aflw2000_root)
             by_name = dict(zip(anames, ayaw))
             missing = [a for a in aliases if a not in by_name]
             if missing:
@@ -329,130 +360,3 @@ def from_build(dataset: str, build) -> GroundTruth:
            f"pixels through crop_affine{f'; the build rejected {n_rej} samples' if n_rej else ''})")
     return GroundTruth(dataset, names, lm, yaw, src, aliases=aliases, crop_affines=A.astype(np.float64),
                        yaw_source=yaw_source)
-
-
-# ------------------------------------------------------------------ predictions
-@dataclass
-class PredictionFile:
-    """A prediction file as read: ``landmarks`` as stored (any accepted layout),
-    ``names`` ``(N,)`` str or None (positional)."""
-
-    path: Path
-    landmarks: np.ndarray
-    names: np.ndarray | None
-
-
-def read_predictions(path) -> PredictionFile:
-    """Read ``.npy`` (landmarks only, in the dataset's canonical order) or ``.npz``
-    (``landmarks`` plus optional ``names``, matched by name in any order)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictionError(f"{path}: no such prediction file")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if "landmarks" not in keys:
-                    raise PredictionError(f"{path}: no 'landmarks' array (found: {', '.join(keys) or 'nothing'}); "
-                                          "expected 'landmarks' (N, 68, 2) and optionally 'names' (N,)")
-                lm = z["landmarks"]
-                names = z["names"] if "names" in keys else None
-        elif path.suffix == ".npy":
-            lm, names = np.load(path, allow_pickle=False), None
-        else:
-            raise PredictionError(f"{path}: unknown prediction format {path.suffix!r}; expected .npy or .npz")
-    except PredictionError:
-        raise
-    except Exception as e:
-        raise PredictionError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
-    if names is not None:
-        names = np.asarray(names)
-        if names.dtype.kind not in "US":
-            raise PredictionError(f"{path}: 'names' has dtype {names.dtype}, expected strings")
-        names = names.astype(str).ravel()
-    return PredictionFile(path, lm, names)
-
-
-def _strip_suffix(n: str) -> str:
-    low = n.lower()
-    for s in IMAGE_SUFFIXES + (".mat", ".t7"):
-        if low.endswith(s):
-            return n[: -len(s)]
-    return n
-
-
-def match_order(pred_names, gt: GroundTruth, what: str = "predictions") -> np.ndarray:
-    """Index array ``order`` such that ``pred[order]`` is in ground-truth order.
-
-    A prediction name matches a ground-truth image by its name or alias, with or
-    without an image / label file suffix.  Unknown, duplicated or missing names
-    raise :class:`PredictionError` saying which and how many."""
-    pred_names = [str(n) for n in pred_names]
-    lookup = {}
-    for i, n in enumerate(gt.names):
-        lookup[str(n)] = i
-    if gt.aliases is not None:
-        counts = {}
-        for a in gt.aliases:
-            counts[str(a)] = counts.get(str(a), 0) + 1
-        for i, a in enumerate(gt.aliases):
-            if counts[str(a)] == 1:
-                lookup.setdefault(str(a), i)
-    idx = np.full(len(pred_names), -1, np.int64)
-    unknown = []
-    for j, n in enumerate(pred_names):
-        i = lookup.get(n, lookup.get(_strip_suffix(n), -1))
-        if i < 0:
-            unknown.append(n)
-        idx[j] = i
-    problems = []
-    if unknown:
-        hint = (" (the 3DDFA arrays carry no file names: their images are named by position, #0000 ... "
-                f"#{len(gt) - 1:04d}; give an .npy in sorted file-name order instead)") if gt.positional_names else ""
-        problems.append(f"{len(unknown)} names are not in the ground truth of {gt.dataset} "
-                        f"(first: {', '.join(unknown[:5])}){hint}")
-    known = idx[idx >= 0]
-    uniq, cnt = np.unique(known, return_counts=True)
-    dup = uniq[cnt > 1]
-    if dup.size:
-        problems.append(f"{dup.size} ground-truth images are predicted more than once "
-                        f"(first: {', '.join(str(gt.names[i]) for i in dup[:5])})")
-    missing = np.setdiff1d(np.arange(len(gt)), known)
-    if missing.size:
-        problems.append(f"{missing.size} of the {len(gt)} ground-truth images have no prediction "
-                        f"(first: {', '.join(str(gt.names[i]) for i in missing[:5])})")
-    if problems:
-        raise PredictionError(f"{what}: names do not match the ground truth: " + "; ".join(problems))
-    order = np.empty(len(gt), np.int64)
-    order[idx] = np.arange(len(pred_names))
-    return order
-
-
-def align_predictions(pf: PredictionFile, gt: GroundTruth, one_based: bool = False,
-                      crop_coords: bool = False) -> np.ndarray:
-    """Predictions of ``pf`` as ``(N, 68, 2)`` float64 0-based source pixels in
-    ground-truth order.
-
-    ``one_based``: the file holds 1-based pixels (1 is subtracted from x and y).
-    ``crop_coords``: the file holds crop pixels of the build the ground truth came
-    from; they are mapped back through the inverse of each sample's ``crop_affine``
-    (after the 1-based correction, if any)."""
-    from dhm_data.geometry import camera
-
-    what = str(pf.path)
-    lm = as_landmarks_2d(pf.landmarks, what)
-    if pf.names is not None:
-        if len(pf.names) != len(lm):
-            raise PredictionError(f"{what}: {len(pf.names)} names for {len(lm)} landmark sets")
-        lm = lm[match_order(pf.names, gt, what)]
-    lm = as_landmarks_2d(lm, what, n_expected=len(gt))
-    if one_based:
-        lm = camera.one_based_to_zero_based(lm)
-    if crop_coords:
-        if gt.crop_affines is None:
-            raise PredictionError(f"{what}: --crop-coords needs the ground truth from a build (--build DIR), whose "
-                                  "recorded crop affines map crop pixels back to the image")
-        from dhm_data.geometry.crop import apply_affine, invert_affine
-
-        lm = np.stack([apply_affine(invert_affine(a), p) for a, p in zip(gt.crop_affines, lm)])
-    return lm

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dhm_data.errors import InputError
+
 JAW = slice(0, 17)
 RIGHT_BROW = slice(17, 22)   # image-left
 LEFT_BROW = slice(22, 27)
@@ -62,3 +64,43 @@ def mirror_landmarks(landmarks: np.ndarray, size: int) -> np.ndarray:
     out = L[..., MIRROR_68, :].copy()
     out[..., 0] = (size - 1) - out[..., 0]
     return out
+
+
+#: The landmark-array shapes every command and library call accepts (N images;
+#: rows of points or the 3DDFA ``pts68`` layout of columns; z optional).
+ACCEPTED_SHAPES = ("(N, 68, 2)", "(N, 2, 68)", "(N, 68, 3)", "(N, 3, 68)")
+ACCEPTED_SHAPES_TEXT = "accepted: " + ", ".join(ACCEPTED_SHAPES) + " (N images, 68 points, x, y[, z] pixels)"
+
+
+def landmark_array(points, what: str = "landmarks", *, dims: int | None = None, error: type = None) -> np.ndarray:
+    """Bring a stack of 68-point landmarks to rows: ``(N, 68, D)`` float64.
+
+    Accepted shapes (:data:`ACCEPTED_SHAPES`): ``(N, 68, 2)``, ``(N, 2, 68)``,
+    ``(N, 68, 3)`` and ``(N, 3, 68)``; the column layouts are transposed.
+    ``dims=2`` drops a z column, ``dims=3`` requires one, ``None`` keeps what
+    was given.  NaN / inf values are kept (callers decide what they mean).
+
+    Raises ``error`` (default :class:`dhm_data.errors.InputError`) naming
+    ``what``, the dtype or shape found, and every accepted shape.
+    """
+    error = error or InputError
+    a = np.asarray(points)
+    if a.dtype.kind not in "fiu":
+        raise error(f"{what}: expected a numeric array, found dtype {a.dtype}; {ACCEPTED_SHAPES_TEXT}")
+    if a.ndim == 3 and a.shape[1] == 68 and a.shape[2] in (2, 3):
+        rows = a
+    elif a.ndim == 3 and a.shape[2] == 68 and a.shape[1] in (2, 3):
+        rows = np.swapaxes(a, 1, 2)
+    else:
+        hint = ""
+        if a.ndim == 3 and 68 not in a.shape[1:]:
+            hint = " (not 68 landmarks)"
+        elif a.ndim == 2 and a.shape[0] == 68:
+            hint = " (one face: add the leading N axis, e.g. points[None])"
+        raise error(f"{what}: found {a.shape}{hint}; {ACCEPTED_SHAPES_TEXT}")
+    if dims == 3 and rows.shape[2] != 3:
+        raise error(f"{what}: found {a.shape} without z, this needs 3D landmarks (N, 68, 3) or (N, 3, 68); "
+                    f"{ACCEPTED_SHAPES_TEXT}")
+    if dims == 2:
+        rows = rows[:, :, :2]
+    return np.ascontiguousarray(rows, dtype=np.float64)

@@ -22,13 +22,12 @@ arbitrary code runs from a model file).
 
 from __future__ import annotations
 
-import importlib
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from dhm_data.errors import ModelFileError
+from dhm_data.formats.pickles import read_numpy_pickle
 from dhm_data.models.formats import ModelFormat
 from dhm_data.models.formats.bfm68_text import ASSUMED_EXPRESSION_STD, ASSUMED_IDENTITY_STD
 from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
@@ -36,40 +35,10 @@ from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 FILES = ("bfm_noneck_v3.pkl", "bfm_noneck.pkl")
 TRI_FILE = "tri.pkl"
 
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-    ("copy_reg", "_reconstructor"),
-    ("copyreg", "_reconstructor"),
-    ("__builtin__", "object"),
-    ("builtins", "object"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
-        module = {"copy_reg": "copyreg", "__builtin__": "builtins"}.get(module, module)
-        if module.startswith("numpy.core."):
-            module = "numpy._core." + module[len("numpy.core.") :] if hasattr(np, "_core") else module
-        return getattr(importlib.import_module(module), name)
-
 
 def read_pickle(path: Path):
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except FileNotFoundError as e:
-        raise ModelFileError(f"{path}: file is missing") from e
-    except Exception as e:  # pickle raises many types on foreign / corrupt data
-        raise ModelFileError(f"{path}: cannot read as a pickle of numpy arrays ({type(e).__name__}: {e})") from e
+    """The model pickle read by :func:`dhm_data.formats.pickles.read_numpy_pickle` (numpy arrays only)."""
+    return read_numpy_pickle(path, ModelFileError)
 
 
 def _model_file(path: Path) -> Path | None:
