@@ -8,13 +8,14 @@ published NME / CED protocol.
 
 __version__ = "0.1.0"
 
-__all__ = ["ShardDataset", "Loader", "HorizontalFlip", "evaluate", "load_model", "__version__"]
+__all__ = ["ShardDataset", "Loader", "HorizontalFlip", "evaluate", "evaluation_report", "load_model", "__version__"]
 
 _LAZY = {
     "ShardDataset": ("dhm_data.load", "ShardDataset"),
     "Loader": ("dhm_data.load", "Loader"),
     "HorizontalFlip": ("dhm_data.load", "HorizontalFlip"),
-    "evaluate": ("dhm_data.evaluate.metrics", "evaluate"),
+    "evaluate": ("dhm_data.evaluation.metrics", "evaluate"),
+    "evaluation_report": ("dhm_data.evaluation.report", "evaluation_report"),
     "load_model": ("dhm_data.models.formats", "load_model"),
 }
 

@@ -22,7 +22,7 @@ RANKS = {
     "prepare": 4,
     "build": 5,
     "load": 6,
-    "evaluate": 7,
+    "evaluation": 7,
     "synth": 8, "viz": 8,
     "cli": 9,
     "__init__": 10, "__main__": 10,
@@ -32,7 +32,7 @@ EXCEPTIONS = {
     # the loader and the evaluation find a build's shards through the one
     # place that knows the folder layout
     ("load", "build.layout"),
-    ("evaluate", "build.layout"),
+    ("evaluation", "build.layout"),
 }
 
 

@@ -326,7 +326,7 @@ def eval_tree(synthetic_tree):
 
 
 def _gt(root):
-    from dhm_data.evaluate.ground_truth import load_ground_truth
+    from dhm_data.evaluation.ground_truth import load_ground_truth
 
     return load_ground_truth("aflw2000", root=root)
 
@@ -366,7 +366,7 @@ def _pred_cases(gt, d: Path) -> dict:
         "complex.npy": "expected a numeric array, found dtype complex128",
         "bool.npy": "expected a numeric array, found dtype bool",
         "objects.npy": "cannot be read (ValueError: Object arrays cannot be loaded when allow_pickle=False)",
-        "flat.npy": "expected shape (N, 68, 2), (N, 68, 3) or (N, 2, 68), found (8, 136)",
+        "flat.npy": "found (8, 136); accepted: (N, 68, 2), (N, 2, 68), (N, 68, 3), (N, 3, 68)",
         "four.npy": "found (8, 68, 4)",
         "49.npy": "found (8, 49, 2) (not 68 landmarks)",
         "extra.npy": "10 images, the ground truth has 8",
@@ -374,7 +374,7 @@ def _pred_cases(gt, d: Path) -> dict:
         "empty.npy": "cannot be read",
         "truncated.npy": "cannot be read",
         "text.txt": "unknown prediction format '.txt'; expected .npy or .npz",
-        "nolm.npz": "no 'landmarks' array (found: points)",
+        "nolm.npz": "no 'landmarks' / 'landmarks_3d' array (found: points)",
         "names_count.npz": "7 names for 8 landmark sets",
         "names_dtype.npz": "'names' has dtype int64, expected strings",
     }

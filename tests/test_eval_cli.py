@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from dhm_data.cli.evaluate import main
 from dhm_data.errors import GroundTruthError
-from dhm_data.evaluate import metrics as ev
-from dhm_data.evaluate.ground_truth import load_ground_truth
-from dhm_data.evaluate.predictions import PredictionFile, align_predictions, match_order
+from dhm_data.evaluation import metrics as ev
+from dhm_data.evaluation.ground_truth import load_ground_truth
+from dhm_data.evaluation.predictions import PredictionFile, align_predictions, match_order
 
 
 def run(args, ok=True):
@@ -143,7 +143,7 @@ def test_errors_leave_no_output(aflw_gt_dir, tmp_path):
 
 
 def test_match_order_duplicates_and_suffixes():
-    from dhm_data.evaluate.ground_truth import GroundTruth
+    from dhm_data.evaluation.ground_truth import GroundTruth
 
     gt = GroundTruth("ls3dw-menpo", np.array(["Menpo-3D/a", "Menpo-3D/b", "Menpo-3D/c"]), np.zeros((3, 68, 2)),
                      None, "test", aliases=np.array(["a", "b", "c"]))
@@ -307,7 +307,7 @@ def test_build_of_the_wrong_dataset_is_refused(aflw_build):
 
 
 def test_ced_plot_has_one_curve_per_file():
-    from dhm_data.evaluate.plots import ced_figure
+    from dhm_data.evaluation.plots import ced_figure
 
     rng = np.random.default_rng(0)
     g = rng.uniform(0, 100, (50, 68, 2))

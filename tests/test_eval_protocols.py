@@ -17,11 +17,11 @@ from conftest import reference_path
 
 from dhm_data.cli.evaluate import main
 from dhm_data.errors import EvaluationError, GroundTruthError, InputError, ModelFileError, PredictionError
-from dhm_data.evaluate import checks, evaluation_report, load_ground_truth, nme_3d, pose
-from dhm_data.evaluate.lists import POSE_FILTER, aflw2000_names, pose_filter_rule, shipped_list
-from dhm_data.evaluate.protocols import DEFINITIONS, PROTOCOLS, QUIRKS
-from dhm_data.evaluate.report import Prediction
-from dhm_data.evaluate.tddfa import read_param_stats
+from dhm_data.evaluation import checks, evaluation_report, load_ground_truth, nme_3d, pose
+from dhm_data.evaluation.lists import POSE_FILTER, aflw2000_names, pose_filter_rule, shipped_list
+from dhm_data.evaluation.protocols import DEFINITIONS, PROTOCOLS, QUIRKS
+from dhm_data.evaluation.report import Prediction
+from dhm_data.evaluation.tddfa import read_param_stats
 from dhm_data.geometry import camera
 from dhm_data.geometry.landmarks68 import ACCEPTED_SHAPES, landmark_array
 
@@ -372,7 +372,7 @@ def test_protocol_words_come_from_one_source():
     for p in PROTOCOLS.values():
         d = p.describe()
         assert d["source"] and all(q["what"] == QUIRKS[q["name"]] for q in d["quirks"])
-    from dhm_data.evaluate.metrics import auc_ls3dw, nme
+    from dhm_data.evaluation.metrics import auc_ls3dw, nme
 
     assert DEFINITIONS["nme"] in nme.__doc__ and DEFINITIONS["auc.ls3dw"] in auc_ls3dw.__doc__
     help_text = CliRunner().invoke(main, ["--help"], terminal_width=400).output
@@ -432,7 +432,7 @@ def test_names_file_and_folder_names(synthetic_tree, tmp_path):
     run([tmp_path / "f.npz", "--dataset", "aflw2000", "--root", root, "--json", tmp_path / "f.json"])
     assert json.loads((tmp_path / "f.json").read_text())["images"]["evaluated"] == 6
     with pytest.raises(GroundTruthError):
-        from dhm_data.evaluate.lists import pose_filter
+        from dhm_data.evaluation.lists import pose_filter
 
         names = aflw2000_names()[:2]
         pose_filter(names, np.radians([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) if names[1] != "image00004" else

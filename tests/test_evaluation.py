@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dhm_data.errors import EvaluationError, PredictionError
-from dhm_data.evaluate import comparison_table
-from dhm_data.evaluate import metrics as ev
+from dhm_data.evaluation import comparison_table
+from dhm_data.evaluation import metrics as ev
 from dhm_data.geometry.landmarks68 import landmark_array
 
 

@@ -60,8 +60,8 @@ def _evaluate_demo(out: Path, build_dir: Path) -> str:
     protocol, as a user would score a model's predictions."""
     import numpy as np
 
-    from dhm_data.evaluate.ground_truth import load_ground_truth
-    from dhm_data.evaluate.metrics import evaluate
+    from dhm_data.evaluation.ground_truth import load_ground_truth
+    from dhm_data.evaluation.metrics import evaluate
 
     gt = load_ground_truth("aflw2000", build=build_dir)
     rng = np.random.default_rng(0)

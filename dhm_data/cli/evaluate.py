@@ -1,7 +1,7 @@
 """``dhm-eval``: score landmark, 3DDFA-parameter or head-pose predictions on a test set.
 
-A thin shell: it parses options, reads the files (:mod:`dhm_data.evaluate.ground_truth`,
-:mod:`dhm_data.evaluate.predictions`), calls :func:`dhm_data.evaluate.report.evaluation_report`
+A thin shell: it parses options, reads the files (:mod:`dhm_data.evaluation.ground_truth`,
+:mod:`dhm_data.evaluation.predictions`), calls :func:`dhm_data.evaluation.report.evaluation_report`
 (the library call a training loop makes too), prints its text and writes its document, table
 and plot.  Everything is computed before anything is written; outputs go to temporary names
 and are renamed into place only when all are ready, so an error leaves no report behind.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from dhm_data.evaluate.ground_truth import DATASETS
-from dhm_data.evaluate.pose import POSE_FORMATS, POSE_VARIANTS
-from dhm_data.evaluate.protocols import DEFINITIONS, PROTOCOLS, protocol_help
+from dhm_data.evaluation.ground_truth import DATASETS
+from dhm_data.evaluation.pose import POSE_FORMATS, POSE_VARIANTS
+from dhm_data.evaluation.protocols import DEFINITIONS, PROTOCOLS, protocol_help
 
 _FORMATS_HELP = "; ".join(f"{f.name}: {f.what}" for f in POSE_FORMATS.values())
 
@@ -69,21 +69,21 @@ def _predictions(preds, labels, names_files, gt, kind, protocol, opts):
     """Read every file and bring it to :class:`Prediction` rows of ``gt``."""
     import numpy as np
 
-    from dhm_data.evaluate.lists import read_names_file
-    from dhm_data.evaluate.predictions import decode_3ddfa, read_predictions, resolve_rows, to_source_pixels
-    from dhm_data.evaluate.report import Prediction
+    from dhm_data.evaluation.lists import read_names_file
+    from dhm_data.evaluation.predictions import decode_3ddfa, read_predictions, resolve_rows, to_source_pixels
+    from dhm_data.evaluation.report import Prediction
 
     subset, subset_name = None, ""
     if protocol is not None and protocol.exclude:
         keep = ~np.isin(np.array([str(n) for n in gt.names]), protocol.exclude)
         subset, subset_name = np.flatnonzero(keep), f"protocol {protocol.name}"
     if kind == "pose" and not opts["all_faces"] and gt.pose_para is not None:
-        from dhm_data.evaluate.lists import pose_filter
+        from dhm_data.evaluation.lists import pose_filter
 
         subset, subset_name = np.flatnonzero(pose_filter(gt.names, gt.pose_para)), "the [-99, 99] pose filter"
     decoder = None
     if kind == "3ddfa-params":
-        from dhm_data.evaluate.tddfa import read_param_stats
+        from dhm_data.evaluation.tddfa import read_param_stats
         from dhm_data.models.formats import load_model
 
         missing = [o for o, v in (("--bfm", opts["bfm"]), ("--param-stats", opts["param_stats"]),
@@ -189,9 +189,9 @@ def main(preds, dataset, root, build_dir, aflw2000_root, metric, input_kind, pro
       dhm-eval poses.npy --dataset aflw2000 --root ~/data/AFLW2000 --metric pose --pose-format ypr-deg
     """
     from dhm_data.errors import DhmDataError
-    from dhm_data.evaluate.ground_truth import load_ground_truth
-    from dhm_data.evaluate.protocols import get_protocol
-    from dhm_data.evaluate.report import dataset_title, evaluation_report
+    from dhm_data.evaluation.ground_truth import load_ground_truth
+    from dhm_data.evaluation.protocols import get_protocol
+    from dhm_data.evaluation.report import dataset_title, evaluation_report
 
     if root is None and build_dir is None:
         raise click.UsageError("give the ground truth: --root DIR (raw dataset or 3DDFA arrays) or --build DIR")
@@ -225,7 +225,7 @@ def main(preds, dataset, root, build_dir, aflw2000_root, metric, input_kind, pro
     if plot is not None:
         if metric == "pose":
             raise click.UsageError("--plot draws the CED of landmark errors; it has no meaning for --metric pose")
-        from dhm_data.evaluate.plots import ced_figure
+        from dhm_data.evaluation.plots import ced_figure
 
         fig = ced_figure(result.reports, title=dataset_title(dataset))
         outputs[plot] = lambda tmp: fig.savefig(tmp, format="png")

@@ -20,12 +20,12 @@ May import every lower package (errors, geometry, formats, models, datasets, sha
 build.layout, load).
 """
 
-from dhm_data.evaluate.ground_truth import GroundTruth, load_ground_truth
-from dhm_data.evaluate.metrics import evaluate, nme, nme_3d
-from dhm_data.evaluate.pose import evaluate_pose
-from dhm_data.evaluate.protocols import PROTOCOLS, get_protocol
-from dhm_data.evaluate.report import EvaluationResult, Prediction, evaluation_report
-from dhm_data.evaluate.scores import EvaluationReport, comparison_table
+from dhm_data.evaluation.ground_truth import GroundTruth, load_ground_truth
+from dhm_data.evaluation.metrics import evaluate, nme, nme_3d
+from dhm_data.evaluation.pose import evaluate_pose
+from dhm_data.evaluation.protocols import PROTOCOLS, get_protocol
+from dhm_data.evaluation.report import EvaluationResult, Prediction, evaluation_report
+from dhm_data.evaluation.scores import EvaluationReport, comparison_table
 
 __all__ = ["GroundTruth", "load_ground_truth", "evaluate", "nme", "nme_3d", "evaluate_pose", "PROTOCOLS",
            "get_protocol", "EvaluationResult", "Prediction", "evaluation_report", "EvaluationReport",

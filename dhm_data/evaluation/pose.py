@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dhm_data.errors import EvaluationError, PredictionError
-from dhm_data.evaluate import metrics as m
-from dhm_data.evaluate.protocols import DEFINITIONS, QUIRKS, defined_by
+from dhm_data.evaluation import metrics as m
+from dhm_data.evaluation.protocols import DEFINITIONS, QUIRKS, defined_by
 from dhm_data.geometry import camera
 
 #: The image axes of img2pose point y down and z away from the viewer; 300W-LP's

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data.errors import PredictionError
-from dhm_data.evaluate import tddfa
-from dhm_data.evaluate.ground_truth import GroundTruth
-from dhm_data.evaluate.lists import aflw2000_names, base_name, strip_suffix
+from dhm_data.evaluation import tddfa
+from dhm_data.evaluation.ground_truth import GroundTruth
+from dhm_data.evaluation.lists import aflw2000_names, base_name, strip_suffix
 from dhm_data.geometry import camera
 from dhm_data.geometry.landmarks68 import ACCEPTED_SHAPES_TEXT, landmark_array
 

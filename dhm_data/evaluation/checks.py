@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dhm_data.evaluate import metrics as m
-from dhm_data.evaluate.pose import to_pose
+from dhm_data.evaluation import metrics as m
+from dhm_data.evaluation.pose import to_pose
 
 ONE_PX_TOLERANCE = 0.35
 GROSS_NME = 0.2

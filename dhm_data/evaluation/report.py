@@ -1,10 +1,10 @@
 """The evaluation report: the JSON document of ``dhm-eval``, as a library call.
 
-:func:`evaluation_report` takes a :class:`~dhm_data.evaluate.ground_truth.GroundTruth` and
+:func:`evaluation_report` takes a :class:`~dhm_data.evaluation.ground_truth.GroundTruth` and
 predictions (arrays, e.g. from a training loop, or files read by the command) and returns an
 :class:`EvaluationResult`: ``result.document`` is exactly what ``dhm-eval --json`` writes,
 ``result.text()`` what it prints, ``result.csv_text()`` its ``--per-image`` table.  It applies
-a named protocol (:mod:`dhm_data.evaluate.protocols`): image list, face filter, bins, variants
+a named protocol (:mod:`dhm_data.evaluation.protocols`): image list, face filter, bins, variants
 and quirks, and says in the document which images it left out and why.
 """
 
@@ -18,14 +18,14 @@ import numpy as np
 
 from dhm_data import __version__
 from dhm_data.errors import EvaluationError, PredictionError
-from dhm_data.evaluate import checks
-from dhm_data.evaluate import metrics as m
-from dhm_data.evaluate.ground_truth import DATASETS, GroundTruth
-from dhm_data.evaluate.lists import POSE_FILTER, pose_filter
-from dhm_data.evaluate.metrics import evaluate
-from dhm_data.evaluate.pose import POSE_FORMATS, POSE_VARIANTS, evaluate_pose, pose_table
-from dhm_data.evaluate.protocols import DEFINITIONS, Protocol, definitions, get_protocol
-from dhm_data.evaluate.scores import comparison_table, finite_rows
+from dhm_data.evaluation import checks
+from dhm_data.evaluation import metrics as m
+from dhm_data.evaluation.ground_truth import DATASETS, GroundTruth
+from dhm_data.evaluation.lists import POSE_FILTER, pose_filter
+from dhm_data.evaluation.metrics import evaluate
+from dhm_data.evaluation.pose import POSE_FORMATS, POSE_VARIANTS, evaluate_pose, pose_table
+from dhm_data.evaluation.protocols import DEFINITIONS, Protocol, definitions, get_protocol
+from dhm_data.evaluation.scores import comparison_table, finite_rows
 from dhm_data.geometry.landmarks68 import landmark_array
 
 METRICS = ("nme", "nme-3d", "pose")
@@ -183,11 +183,11 @@ def evaluation_report(gt: GroundTruth, predictions, *, metric: str = "nme", prot
     """Score ``predictions`` against ``gt`` and build the report document.
 
     Args:
-        gt: from :func:`~dhm_data.evaluate.ground_truth.load_ground_truth` (or built by hand).
+        gt: from :func:`~dhm_data.evaluation.ground_truth.load_ground_truth` (or built by hand).
         predictions: a :class:`Prediction`, a list of them, or one array in ``gt``'s order.
         metric: ``nme`` (2D), ``nme-3d`` (needs ``gt.landmarks_3d``) or ``pose`` (needs
             ``gt.pose_para``; 1,969 faces unless ``all_faces``).
-        protocol: a name of :data:`~dhm_data.evaluate.protocols.PROTOCOLS`; it fixes every
+        protocol: a name of :data:`~dhm_data.evaluation.protocols.PROTOCOLS`; it fixes every
             choice it makes (a conflicting option raises :class:`EvaluationError`).
         threshold, auc_variant, menpofit_step, nme_3d_variant, pose_format, pose_variant:
             the choices (None = the protocol's, else the default).

@@ -1,7 +1,7 @@
 """The landmark metrics: 2D NME, 3D NME, yaw bins, CED, AUC and failure rate.
 
 Pure numpy on arrays; no file I/O.  Each function's definition is quoted from
-:mod:`dhm_data.evaluate.protocols` (the one source of the words the report and
+:mod:`dhm_data.evaluation.protocols` (the one source of the words the report and
 ``--help`` use).  Implementation notes that are not definitions:
 
 * NME is translation-invariant only if both arrays use the same pixel
@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from dhm_data.errors import EvaluationError, PredictionError
-from dhm_data.evaluate.protocols import DEFINITIONS, QUIRKS, YAW_BIN_LABELS, YAW_EDGES, defined_by
-from dhm_data.evaluate.scores import EvaluationReport, finite_rows
+from dhm_data.evaluation.protocols import DEFINITIONS, QUIRKS, YAW_BIN_LABELS, YAW_EDGES, defined_by
+from dhm_data.evaluation.scores import EvaluationReport, finite_rows
 from dhm_data.geometry.landmarks68 import landmark_array
 
 N_LANDMARKS = 68
@@ -223,7 +223,7 @@ def evaluate(pred, gt, yaw_deg=None, *, names=None, label: str = "predictions",
         auc_variant: ``"ls3dw"`` (default) or ``"menpofit"``.
         metric: ``"nme"`` (2D) or ``"nme-3d"`` (``nme_3d_variant`` ``"2dasl"`` or ``"no-shift"``).
         nan_as_failure: score rows holding NaN / inf as failures (NME ``+inf``).
-        quirks: names of :data:`~dhm_data.evaluate.protocols.QUIRKS` to reproduce
+        quirks: names of :data:`~dhm_data.evaluation.protocols.QUIRKS` to reproduce
             (``3ddfa.float32``, ``dad3d.failure-below``).
 
     Usable from a training loop on numpy arrays; returns an

@@ -219,7 +219,7 @@ def defined_by(*keys: str):
     """Decorator: append the definitions ``keys`` to a function's docstring (the one source)."""
     def deco(fn):
         text = "\n".join(f"    {k}: {DEFINITIONS.get(k) or QUIRKS[k]}" for k in keys)
-        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\n    Definition (dhm_data.evaluate.protocols):\n" + text + "\n"
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\n    Definition (dhm_data.evaluation.protocols):\n" + text + "\n"
         return fn
     return deco
 

@@ -24,7 +24,7 @@ three sources, all converted to **0-based pixels of the source image**:
     subset, without yaw); ``ls3dw-*`` take their subset of an ``ls3dw`` build.  Yaw comes from
     the shards only where the 3DMM parameters are labels (not fitted).
 
-Prediction files are read and put in ground-truth order by :mod:`dhm_data.evaluate.predictions`.
+Prediction files are read and put in ground-truth order by :mod:`dhm_data.evaluation.predictions`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data.errors import GroundTruthError
-from dhm_data.evaluate.lists import aflw2000_names
+from dhm_data.evaluation.lists import aflw2000_names
 
 #: --dataset name -> what it is; ``subset`` is the LS3D-W folder; ``build`` = (pipeline, split)
 DATASETS = {

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dhm_data.evaluate.metrics import EvaluationReport, ced
+from dhm_data.evaluation.metrics import EvaluationReport, ced
 
 
 def ced_figure(reports: Sequence[EvaluationReport], title: str = "", x_max: float | None = None):

@@ -1,8 +1,8 @@
 """The figures of one landmark evaluation (:class:`EvaluationReport`) and their table.
 
-:func:`dhm_data.evaluate.metrics.evaluate` fills an :class:`EvaluationReport`;
+:func:`dhm_data.evaluation.metrics.evaluate` fills an :class:`EvaluationReport`;
 :func:`comparison_table` prints several side by side.  The words are those of
-:mod:`dhm_data.evaluate.protocols`.
+:mod:`dhm_data.evaluation.protocols`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from dhm_data.errors import PredictionError
-from dhm_data.evaluate.protocols import DEFINITIONS, YAW_BIN_LABELS
+from dhm_data.evaluation.protocols import DEFINITIONS, YAW_BIN_LABELS
 
 
 def finite_rows(points: np.ndarray, what: str, nan_as_failure: bool) -> np.ndarray:
