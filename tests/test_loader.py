@@ -494,3 +494,45 @@ def test_check_crc_in_spawned_workers(split_dir):
     ref = list(Loader(ShardDataset(split_dir, fields=["image", "dhm", "name"]), batch_size=32, seed=4))
     with Loader(ds, batch_size=32, seed=4, num_workers=2, mp_context="spawn") as ld:
         _batches_equal(ref, list(ld))
+
+
+# ------------------------------------------------------------------ kept batches are never overwritten
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kept_batches_keep_their_values(split_dir, workers):
+    """Batches a caller holds (whole, one array of one, or a view of one) keep
+    their values across later iterations and epochs, with the default
+    (zero-copy) settings, with and without workers."""
+    fields = ["image", "dhm", "landmarks_2d", "yaw", "name"]
+    ref = ShardDataset(split_dir, fields=fields)
+    ds = ShardDataset(split_dir, fields=fields)
+    with Loader(ds, batch_size=8, seed=3, num_workers=workers, mp_context="fork" if workers else None) as ld:
+        kept, kept_image, kept_view = [], None, None
+        for e in range(3):
+            ld.set_epoch(e)
+            order = ld.batches()
+            for b, batch in enumerate(ld):
+                if e == 0 and b in (0, 3):
+                    kept.append((order[b], batch))                       # the whole dict
+                elif e == 0 and b == 5:
+                    kept_image = (order[b], batch["image"])               # one array of it
+                elif e == 1 and b == 2:
+                    kept_view = (order[b], batch["landmarks_2d"][1:, ::-1])  # a view derived from one
+        for idx, batch in kept:
+            want = ref.read_batch(idx)
+            for k in fields:
+                np.testing.assert_array_equal(batch[k], want[k], err_msg=k)
+        np.testing.assert_array_equal(kept_image[1], ref.read_batch(kept_image[0])["image"])
+        np.testing.assert_array_equal(kept_view[1], ref.read_batch(kept_view[0])["landmarks_2d"][1:, ::-1])
+        # a caller keeping every batch gets them all intact (fresh memory once the buffers are all held)
+        every = list(ld)
+        for idx, batch in zip(ld.batches(), every):
+            np.testing.assert_array_equal(batch["image"], ref.read_batch(idx)["image"])
+            np.testing.assert_array_equal(batch["dhm"], ref.read_batch(idx)["dhm"])
+
+
+def test_dropped_batches_reuse_their_buffers(split_dir):
+    """Zero copy: a batch dropped by the caller lends its buffer to a later one."""
+    ds = ShardDataset(split_dir, fields=["image", "dhm"])
+    ld = Loader(ds, batch_size=8, seed=3)
+    addresses = {b["image"].__array_interface__["data"][0] for b in ld}
+    assert len(addresses) <= 3 < len(ld)

@@ -168,7 +168,8 @@ class _BloscChunks(Source):
 
     access = "blosc"
 
-    def __init__(self, table, sample_bytes):
+    def __init__(self, table, sample_bytes, filemap):
+        self.filemap = filemap   # the addresses point into this map: it lives as long as they are used
         self.addr, self.raw = table
         self.sample_bytes = sample_bytes
         self.decoder = blosc_decoder()
@@ -370,12 +371,13 @@ class QuantLz4Codec(QuantRawCodec):
     def open(self, ds, n, path, filemap):
         sample_bytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
         if ds.chunks == (1,) + ds.shape[1:] and "32001" in ds._filters and blosc_decoder():
+            fmap = filemap()
             try:
-                table = chunk_table(ds, n, sample_bytes, filemap())
+                table = chunk_table(ds, n, sample_bytes, fmap)
             except Exception:   # a damaged chunk index: h5py reads, naming any sample it cannot
                 table = None
             if table is not None:
-                return _BloscChunks(table, sample_bytes)
+                return _BloscChunks(table, sample_bytes, fmap)
         return super().open(ds, n, path, filemap)
 
 
