@@ -12,6 +12,7 @@ import copy
 import importlib.resources
 from pathlib import Path
 from dhm_data.errors import PipelineError
+from dhm_data.shards.schema import DEFAULT_DHM_STORAGE, DHM_STORAGE_CHOICES
 
 try:
     import tomllib
@@ -77,8 +78,8 @@ def load_pipeline(name_or_path: str, overrides: dict | None = None) -> dict:
         raise PipelineError(f"{origin}: unknown sections {unknown}; known: {', '.join(list(ALLOWED) + ['reader', 'fit'])}")
     if cfg["build"]["split"] not in SPLIT_RULES:
         raise PipelineError(f"{origin}: [build] split {cfg['build']['split']!r} is not a split rule; known: {', '.join(SPLIT_RULES)}")
-    if cfg["shards"].get("dhm_storage", "u8q-lz4") not in ("u8q-lz4", "u8q-raw"):
-        raise PipelineError(f"{origin}: [shards] dhm_storage must be u8q-lz4 or u8q-raw, found {cfg['shards']['dhm_storage']!r}")
+    if cfg["shards"].get("dhm_storage", DEFAULT_DHM_STORAGE) not in DHM_STORAGE_CHOICES:
+        raise PipelineError(f"{origin}: [shards] dhm_storage must be one of {', '.join(DHM_STORAGE_CHOICES)}, found {cfg['shards']['dhm_storage']!r}")
     bad = [s for s in cfg["build"]["stages"] if s not in KNOWN_STAGES]
     if bad:
         raise PipelineError(f"{origin}: unknown stages {bad}; known: {', '.join(KNOWN_STAGES)}")

@@ -9,6 +9,7 @@ import click
 
 from dhm_data.build.layout import BuildLayout
 from dhm_data.errors import DatasetError, PipelineError
+from dhm_data.shards.schema import DHM_STORAGE_CHOICES
 
 
 def _fail(e: Exception):
@@ -31,7 +32,7 @@ def _fail(e: Exception):
 @click.option("--margin", type=float, default=None, help="Override [crop] margin (side = (1 + margin) * box side).")
 @click.option("--sigma", type=float, default=None, help="Override [dhm] sigma (crop pixels).")
 @click.option("--shard-size", type=int, default=None, help="Override [shards] size (samples per shard).")
-@click.option("--dhm-storage", type=click.Choice(["u8q-lz4", "u8q-raw"]), default=None,
+@click.option("--dhm-storage", type=click.Choice(DHM_STORAGE_CHOICES), default=None,
               help="Override [shards] dhm_storage: u8q-lz4 (compressed, default) or u8q-raw (2x disk, faster loads).")
 @click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="3D landmark estimates for the fit stage (.npz: names, landmarks_3d (N, 68, 3)); "

@@ -17,6 +17,7 @@ from dhm_data.geometry import camera
 from dhm_data.geometry.crop import CropWindow, apply_affine, crop_window, unsnapped_crop_affine
 from dhm_data.models.morphable import MorphableModel, fit_length
 from dhm_data.prepare.dhm import render_dhm
+from dhm_data.shards.schema import DEFAULT_DHM_STORAGE
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,12 @@ class PrepareConfig:
     crop_size: int = 224
     margin: float = 0.3
     sigma: float = 1.0
-    dhm_storage: str = "u8q-lz4"
+    dhm_storage: str = DEFAULT_DHM_STORAGE
 
     @classmethod
     def from_pipeline(cls, cfg: dict) -> "PrepareConfig":
         return cls(int(cfg["crop"]["size"]), float(cfg["crop"]["margin"]), float(cfg["dhm"]["sigma"]),
-                   str(cfg["shards"].get("dhm_storage", "u8q-lz4")))
+                   str(cfg["shards"].get("dhm_storage", DEFAULT_DHM_STORAGE)))
 
 
 def posed_landmarks(model: MorphableModel, pose_para, shape_para, exp_para, image_height, mirror_width=None) -> np.ndarray:
