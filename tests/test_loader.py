@@ -531,8 +531,15 @@ def test_kept_batches_keep_their_values(split_dir, workers):
 
 
 def test_dropped_batches_reuse_their_buffers(split_dir):
-    """Zero copy: a batch dropped by the caller lends its buffer to a later one."""
-    ds = ShardDataset(split_dir, fields=["image", "dhm"])
+    """Zero copy: a batch dropped by the caller lends its buffer to a later
+    one; with workers every batch of such a loop arrives in the shared buffer
+    (none is sent pickled)."""
+    ds = ShardDataset(split_dir, fields=["image", "dhm", "name"])
     ld = Loader(ds, batch_size=8, seed=3)
     addresses = {b["image"].__array_interface__["data"][0] for b in ld}
     assert len(addresses) <= 3 < len(ld)
+    with Loader(ds, batch_size=8, seed=3, num_workers=2, mp_context="fork") as ld:
+        for _ in range(2):
+            for b in ld:
+                assert any(b["image"].base is r for r in ld._slots.roots)
+                assert any(b["dhm"].base is r for r in ld._slots.roots)

@@ -55,28 +55,31 @@ def _refs(roots: list, i: int) -> int:
 class SlotPool:
     """Slots whose reuse waits until nothing outside the pool refers to them.
 
-    ``roots``: the initial slots (flat uint8 arrays); ``grow`` more are
-    allocated in process memory when every slot is held (up to ``limit``
-    slots in all; beyond that :meth:`take` returns a fresh, unpooled one).
-    Slots the owner marks busy (:meth:`hold`: being filled) are never free.
+    The pool creates its slot roots itself and is their only holder, so a
+    root's reference count above that of an array held by one list alone
+    means a batch view of it is alive.  ``buffer``: a shared buffer (e.g. an
+    ``mmap``) cut into ``n_slots`` fixed slots; otherwise slots are allocated
+    in process memory when every slot is held (``grow``, up to ``limit``
+    slots; beyond that :meth:`take` returns a fresh, unpooled root).  Slots
+    the owner marks busy (:meth:`hold`: being filled) are never free.
     """
 
-    def __init__(self, slot_bytes: int, roots=(), grow: bool = True, limit: int = 4):
+    def __init__(self, slot_bytes: int, buffer=None, n_slots: int = 0, grow: bool = True, limit: int = 4):
         self.slot_bytes = int(slot_bytes)
-        self.roots: list[np.ndarray] = list(roots)
+        self.roots: list[np.ndarray] = []
+        if buffer is not None:
+            self.roots = [np.frombuffer(buffer, np.uint8, self.slot_bytes, k * self.slot_bytes)
+                          for k in range(int(n_slots))]
         self.grow, self.limit = bool(grow), int(limit)
         self.busy: set[int] = set()
         # the count _refs sees for an array that only a list refers to, measured
         # by the same code path (the interpreter's own references vary by version)
         self._baseline = _refs([np.empty(0)], 0)
 
-    def _refs(self, i: int) -> int:
-        return _refs(self.roots, i)
-
     def free_slot(self) -> int | None:
         """Index of a slot nothing refers to (and not busy), or None."""
         for i in range(len(self.roots)):
-            if i not in self.busy and self._refs(i) <= self._baseline:
+            if i not in self.busy and _refs(self.roots, i) <= self._baseline:
                 return i
         return None
 
@@ -85,11 +88,10 @@ class SlotPool:
         fresh root) when the pool is full of slots still held by the caller."""
         i = self.free_slot()
         if i is None and self.grow:
-            if len(self.roots) < self.limit:
-                self.roots.append(np.empty(self.slot_bytes, np.uint8))
-                i = len(self.roots) - 1
-            else:
+            if len(self.roots) >= self.limit:
                 return None, np.empty(self.slot_bytes, np.uint8)
+            self.roots.append(np.empty(self.slot_bytes, np.uint8))
+            i = len(self.roots) - 1
         return i, (self.roots[i] if i is not None else None)
 
     def hold(self, i: int) -> None:
@@ -120,8 +122,3 @@ def map_shared(path: str, size: int) -> mmap.mmap:
         return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
-
-
-def shared_roots(mm: mmap.mmap, n_slots: int, slot_bytes: int) -> list[np.ndarray]:
-    """One flat uint8 root per slot of the shared map ``mm``."""
-    return [np.frombuffer(mm, np.uint8, slot_bytes, k * slot_bytes) for k in range(n_slots)]

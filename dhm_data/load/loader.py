@@ -130,7 +130,7 @@ class Loader:
         n_slots = self.num_workers * self.prefetch + _SPARE_SLOTS
         self._pool = WorkerPool(self.dataset, self._layout, self.num_workers, n_slots, self.transform,
                                 self.mp_context, self.timeout)
-        self._slots = SlotPool(self._layout.slot_bytes, self._pool.roots, grow=False)
+        self._slots = SlotPool(self._layout.slot_bytes, self._pool.buffer, n_slots, grow=False)
 
     def _iter_workers(self, batches):
         self._start_workers()
@@ -145,10 +145,10 @@ class Loader:
         def submit():
             while state["next"] < nb and state["in_flight"] < target:
                 slot = slots.free_slot()
-                if slot is None and state["in_flight"] >= self.num_workers:
-                    break   # every slot is held or filling: wait for a result
+                if slot is None and (slots.busy or state["in_flight"] >= self.num_workers):
+                    break   # slots are filling or waiting to be yielded: they come free in turn
                 if slot is not None:
-                    slots.hold(slot)   # None: every slot is still held by the caller; the batch comes pickled
+                    slots.hold(slot)   # None: the caller holds every slot; the batch comes pickled
                 b = state["next"]
                 pool.put((gen, b, slot, batches[b], self._rng_key(b)))
                 state["next"] += 1

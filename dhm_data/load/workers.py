@@ -20,7 +20,7 @@ import traceback
 import numpy as np
 
 from dhm_data.errors import LoaderError
-from dhm_data.load.buffers import buffer_folder, map_shared, shared_roots
+from dhm_data.load.buffers import buffer_folder, map_shared
 
 
 def worker_main(dataset, layout, buf_path, n_slots, task_q, result_q, current_gen, transform):
@@ -28,7 +28,7 @@ def worker_main(dataset, layout, buf_path, n_slots, task_q, result_q, current_ge
     ``(gen, b, slot, B, extras, error)`` results (``None`` task: exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     mm = map_shared(buf_path, n_slots * layout.slot_bytes)
-    roots = shared_roots(mm, n_slots, layout.slot_bytes)
+    roots = [np.frombuffer(mm, np.uint8, layout.slot_bytes, k * layout.slot_bytes) for k in range(n_slots)]
     result_q.put(("ready", os.getpid()))
     parent = os.getppid()
     while True:
@@ -65,9 +65,8 @@ def worker_main(dataset, layout, buf_path, n_slots, task_q, result_q, current_ge
 
 
 class WorkerPool:
-    """``num_workers`` processes sharing one buffer of ``n_slots`` batch slots.
-
-    ``roots``: the loader's flat uint8 view of each slot."""
+    """``num_workers`` processes sharing one buffer (``buffer``, an ``mmap``)
+    of ``n_slots`` batch slots."""
 
     def __init__(self, dataset, layout, num_workers: int, n_slots: int, transform, mp_context, timeout: float):
         import multiprocessing as mp  # deferred: only a loader with workers needs it
@@ -84,8 +83,7 @@ class WorkerPool:
         finally:
             os.close(fd)
         try:
-            self._map = map_shared(path, need)
-            self.roots = shared_roots(self._map, self.n_slots, layout.slot_bytes)
+            self.buffer = map_shared(path, need)
             self.task_q = ctx.Queue()
             self.result_q = ctx.Queue()
             self.current = ctx.Value("q", 0, lock=False)
