@@ -49,13 +49,13 @@ def test_codec_round_trip_and_checksums(tmp_path, kind):
     assert crcs.tolist() == want
     if codec.per_sample:   # sha256 over the little-endian CRC32 column
         assert sha == hashlib.sha256(np.array(want, "<u4").tobytes()).hexdigest() == codec.digest_of_crcs(crcs)
-    loc = [4, 0, 2, 2]
+    loc = np.array([4, 0, 2, 2])
     with h5py.File(tmp_path / "c.h5", "r") as h:
         ds = h[f.name]
         assert ds.attrs["storage"] == kind
         src = codec.open(ds, 5, tmp_path / "c.h5", lambda: np.memmap(tmp_path / "c.h5", np.uint8, "r"))
         out = np.empty(4, object) if kind == "text" else np.zeros((4,) + stored.shape[1:], stored.dtype)
-        src.decode(loc, out, [0, 1, 2, 3], fail=None)
+        src.decode(loc, out, np.arange(4), fail=None)
         back, bad = codec.read_stored(ds, 5)
     assert bad == []
     if kind == "text":

@@ -54,8 +54,8 @@ def worker_main(dataset, layout, buf_path, n_slots, task_q, result_q, current_ge
             for k, v in batch.items():
                 view = views.get(k) if views is not None else None
                 if view is not None and isinstance(v, np.ndarray) and v.shape == view[:B].shape and v.dtype == view.dtype:
-                    if not np.shares_memory(v, view):
-                        view[:B] = v
+                    if v.__array_interface__["data"][0] != view.__array_interface__["data"][0]:
+                        view[:B] = v   # a transform returned a new array: into the slot it goes
                 else:
                     extras[k] = v
             del views, batch

@@ -111,10 +111,10 @@ class Source:
     #: How the values are read: "memory", "memmap", "hdf5" or "blosc".
     access = ""
 
-    def decode(self, loc: list, dst: np.ndarray, pos: list, fail) -> None:
-        """Write the stored values of samples ``loc`` (local indices) into
-        ``dst[pos]`` (``dst``: stored dtype, first axis = batch).  ``fail(i,
-        what, cause)`` raises the reader's error for sample ``i``."""
+    def decode(self, loc: np.ndarray, dst: np.ndarray, pos: np.ndarray, fail) -> None:
+        """Write the stored values of samples ``loc`` (local indices, int64
+        array) into ``dst[pos]`` (``dst``: stored dtype, first axis = batch).
+        ``fail(i, what, cause)`` raises the reader's error for sample ``i``."""
         raise NotImplementedError
 
 
@@ -142,7 +142,7 @@ class _MemmapRows(Source):
 
     def decode(self, loc, dst, pos, fail):
         rows = self.rows
-        for p, i in zip(pos, loc):
+        for p, i in zip(pos.tolist(), loc.tolist()):
             dst[p] = rows[i]
 
 
@@ -156,7 +156,7 @@ class _H5Rows(Source):
 
     def decode(self, loc, dst, pos, fail):
         ds = self.ds
-        for p, i in zip(pos, loc):
+        for p, i in zip(pos.tolist(), loc.tolist()):
             try:
                 dst[p] = ds[i]
             except Exception as e:   # any HDF5/filter failure: a damaged sample
@@ -178,7 +178,7 @@ class _BloscChunks(Source):
         if not dst.flags.c_contiguous:
             raise ValueError("Blosc chunks decode into C-contiguous buffers only")
         sz, base, dec, addr, raw = self.sample_bytes, dst.ctypes.data, self.decoder, self.addr, self.raw
-        for p, i in zip(pos, loc):
+        for p, i in zip(pos.tolist(), loc.tolist()):
             if raw[i]:
                 ctypes.memmove(base + p * sz, addr[i], sz)
             elif dec(addr[i], base + p * sz, sz, 1) != sz:
