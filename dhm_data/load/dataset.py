@@ -166,28 +166,39 @@ class ShardDataset:
         idx, fid, local = self._locate(indices)
         B = idx.size
         res, stored = {}, {}
-        for name in self.fields:
-            f = schema.field(name)
-            shape, dtype = self.field_spec(name)
-            if f.is_text:
+        for name, (is_text, shape, dtype, want) in self._plan().items():
+            if is_text:
                 res[name] = stored[name] = np.empty(B, dtype=object)
                 continue
             res[name] = out[name][:B] if out is not None and name in out else np.empty((B,) + shape, dtype)
-            want = f.codec.stored_dtype(f)
             # a converted field (the DHM as float32) is decoded into its stored bytes first
             stored[name] = res[name] if want == dtype else np.empty((B,) + shape, want)
-        for k in np.unique(fid):
-            pos = np.flatnonzero(fid == k)
-            r = self.reader(int(k))
+        if len(self.paths) == 1:
+            groups = [(0, np.arange(B), local)]
+        else:
+            groups = [(int(k), pos, local[pos]) for k in np.unique(fid) for pos in (np.flatnonzero(fid == k),)]
+        for k, pos, loc in groups:
+            r = self.reader(k)
             for name in self.fields:
-                r.read_into(name, local[pos], stored[name], pos)
-        for name in self.fields:
-            f = schema.field(name)
-            if f.is_text:
+                r.read_into(name, loc, stored[name], pos)
+        for name, (is_text, _, _, _) in self._plan().items():
+            if is_text:
                 res[name] = stored[name].astype(str) if B else np.empty(0, dtype=str)
             elif stored[name] is not res[name]:
-                f.codec.to_output(stored[name], self.dhm_dtype, out=res[name])
+                schema.field(name).codec.to_output(stored[name], self.dhm_dtype, out=res[name])
         return res
+
+    def _plan(self) -> dict:
+        """name -> (is_text, per-sample shape, output dtype, stored dtype)."""
+        plan = self.__dict__.get("_plan_cache")
+        if plan is None:
+            plan = {}
+            for name in self.fields:
+                f = schema.field(name)
+                shape, dtype = self.field_spec(name)
+                plan[name] = (f.is_text, shape, dtype, f.codec.stored_dtype(f))
+            self._plan_cache = plan
+        return plan
 
     def __getitem__(self, i) -> dict:
         if isinstance(i, (int, np.integer)):

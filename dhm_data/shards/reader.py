@@ -70,6 +70,7 @@ class ShardReader:
         self._bad: dict = {}       # check_crc, fields held whole: name -> (N,) bool CRC mismatch
         self._filemap = None       # np.memmap of the whole file (keeps Blosc chunk addresses valid)
         self._names = None         # sample names, loaded for the first error message that needs them
+        self._fails: dict = {}     # name -> fail(i, what, cause) callback handed to the sources
 
     def close(self) -> None:
         self._sources.clear()
@@ -147,7 +148,9 @@ class ShardReader:
         ``check_crc``.  :meth:`schema.Codec.to_output` converts them (e.g. the
         quantised DHM to float32)."""
         loc, pos = np.asarray(loc, np.int64), np.asarray(pos, np.int64)
-        src = self._checked(name, loc)
+        src = self._sources.get(name)
+        if src is None or name in self._bad:
+            src = self._checked(name, loc)
         src.decode(loc, out, pos, self._failure(name))
         if name in self._crcs:
             self._check_rows(name, out, pos, loc)
@@ -218,7 +221,10 @@ class ShardReader:
                          "rebuilds it)") from cause
 
     def _failure(self, name: str):
-        return lambda i, what, cause: self._fail(name, int(i), what, cause)
+        fail = self._fails.get(name)
+        if fail is None:
+            fail = self._fails[name] = lambda i, what, cause: self._fail(name, int(i), what, cause)
+        return fail
 
     # -------------------------------------------------------------- empty shards
     def _empty_shape(self, f: schema.Field) -> tuple:
