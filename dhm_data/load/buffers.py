@@ -38,14 +38,13 @@ class BatchLayout:
                 continue
             shape, dtype = dataset.field_spec(name)
             nbytes = batch_size * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            self.entries.append((name, (batch_size,) + tuple(shape), dtype.str, off))
+            self.entries.append((name, (batch_size,) + tuple(shape), dtype, off, off + nbytes))
             off = _aligned(off + nbytes)
         self.slot_bytes = max(off, 64)
 
     def views(self, root: np.ndarray) -> dict:
         """Field name -> array view of the slot ``root`` (flat uint8)."""
-        return {name: root[off:off + int(np.prod(shape)) * np.dtype(dt).itemsize].view(dt).reshape(shape)
-                for name, shape, dt, off in self.entries}
+        return {name: root[start:end].view(dtype).reshape(shape) for name, shape, dtype, start, end in self.entries}
 
 
 def _refs(roots: list, i: int) -> int:
