@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import h5py  # noqa: E402
 import hdf5plugin  # noqa: E402
 
-from dhm_data.load import _blosc_decoder, _chunk_table
+from dhm_data.shards.blosc import blosc_decoder as _blosc_decoder  # noqa: E402
+from dhm_data.shards.blosc import chunk_table as _chunk_table  # noqa: E402
 from dhm_data.prepare.dhm import render_dhm
 from dhm_data.shards import schema
 

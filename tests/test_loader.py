@@ -48,7 +48,8 @@ def test_shard_paths(split_dir):
 
 
 def test_dataset_matches_shards(split_dir):
-    ds = ShardDataset(split_dir)
+    assert ShardDataset(split_dir)[5]["dhm"].dtype == np.uint8        # the default: the stored bytes
+    ds = ShardDataset(split_dir, dhm_dtype="float32")
     assert len(ds) == sum(SIZES) and len(ds.paths) == 3   # the empty shard is skipped
     cols = all_columns(split_dir)
     for i in (0, 39, 40, 66, 67, 86, -1):
@@ -73,11 +74,11 @@ def test_dataset_reads_only_requested_fields(split_dir):
     ds = ShardDataset(split_dir, fields=["image", "yaw"], dhm_dtype="uint8")
     s = ds[3]
     assert set(s) == {"image", "yaw"}
-    st = ds._file(0)
-    assert set(st.arrays) | set(st.datasets) == {"image", "yaw"}
-    assert isinstance(st.arrays["image"].base, np.memmap)   # raw crops are memory-mapped
+    r = ds.reader(0)
+    assert set(r._sources) == {"image", "yaw"}
+    assert r.access("image") == "memmap" and r.access("yaw") == "memory"   # raw crops are memory-mapped
     u8 = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8").read_batch([1, 50])["dhm"]
-    f32 = ShardDataset(split_dir, fields=["dhm"]).read_batch([1, 50])["dhm"]
+    f32 = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="float32").read_batch([1, 50])["dhm"]
     assert u8.dtype == np.uint8
     np.testing.assert_array_equal(f32, u8 / np.float32(255))
     with pytest.raises(KeyError, match="unknown shard field"):
@@ -113,7 +114,7 @@ def test_torch_dataloader_accepts_dataset(split_dir, method):
     dl = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, shuffle=False, multiprocessing_context=method)
     names, lms, images = [], [], []
     for b in dl:
-        assert b["image"].dtype == torch.uint8 and b["dhm"].dtype == torch.float32
+        assert b["image"].dtype == torch.uint8 and b["dhm"].dtype == torch.uint8
         names += list(b["name"])
         lms.append(b["landmarks_2d"].numpy())
         images.append(b["image"].numpy())
@@ -374,20 +375,20 @@ def test_flip_in_loader_is_reproducible_across_workers(split_dir):
 
 
 def test_direct_blosc_decode_matches_h5py(split_dir, monkeypatch):
-    import dhm_data.load.loader as loader_mod
+    import dhm_data.shards.blosc as blosc
 
     idx = [5, 86, 41, 0, 41] + list(range(86, -1, -1))
     fast = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")
     got = fast.read_batch(idx)["dhm"]
-    if loader_mod._blosc_decoder() is None:
+    if blosc.blosc_decoder() is None:
         pytest.skip("hdf5plugin's Blosc library cannot be loaded with ctypes here")
-    assert fast._file(0).chunks and not fast._file(0).datasets        # the direct path was used
-    raw = [r for k in range(3) for r in fast._file(k).chunks["dhm"][1]]
+    assert fast.reader(0).access("dhm") == "blosc"                     # the direct path was used
+    raw = [r for k in range(3) for r in fast.reader(k)._source("dhm").raw]
     assert any(raw) and not all(raw)   # both Blosc frames and chunks Blosc could not shrink (stored as is)
-    monkeypatch.setattr(loader_mod, "_BLOSC", False)                   # force the h5py path
+    monkeypatch.setattr(blosc, "_DECODER", False)                      # force the h5py path
     slow = ShardDataset(split_dir, fields=["dhm"], dhm_dtype="uint8")
     want = slow.read_batch(idx)["dhm"]
-    assert slow._file(0).datasets and not slow._file(0).chunks
+    assert slow.reader(0).access("dhm") == "hdf5"
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(want, np.rint(all_columns(split_dir)["dhm"][idx] * 255))
 
@@ -477,8 +478,7 @@ def test_damaged_chunk_header_h5py_fallback_names_the_sample(damage_dir):
     ds = ShardDataset(d, fields=["dhm", "name"])
     np.testing.assert_array_equal(ds.read_batch([0, 1, 3, 11])["name"], [cols[0]["name"][i] for i in (0, 1, 3)]
                                   + [cols[1]["name"][5]])
-    st = ds._file(0)
-    assert "dhm" in st.datasets and "dhm" not in st.chunks    # the chunk table was refused: h5py reads
+    assert ds.reader(0).access("dhm") == "hdf5"               # the chunk table was refused: h5py reads
     with pytest.raises(ShardError) as e:
         ds.read_batch([5, 2])
     msg = str(e.value)
@@ -494,3 +494,52 @@ def test_check_crc_in_spawned_workers(split_dir):
     ref = list(Loader(ShardDataset(split_dir, fields=["image", "dhm", "name"]), batch_size=32, seed=4))
     with Loader(ds, batch_size=32, seed=4, num_workers=2, mp_context="spawn") as ld:
         _batches_equal(ref, list(ld))
+
+
+# ------------------------------------------------------------------ kept batches are never overwritten
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kept_batches_keep_their_values(split_dir, workers):
+    """Batches a caller holds (whole, one array of one, or a view of one) keep
+    their values across later iterations and epochs, with the default
+    (zero-copy) settings, with and without workers."""
+    fields = ["image", "dhm", "landmarks_2d", "yaw", "name"]
+    ref = ShardDataset(split_dir, fields=fields)
+    ds = ShardDataset(split_dir, fields=fields)
+    with Loader(ds, batch_size=8, seed=3, num_workers=workers, mp_context="fork" if workers else None) as ld:
+        kept, kept_image, kept_view = [], None, None
+        for e in range(3):
+            ld.set_epoch(e)
+            order = ld.batches()
+            for b, batch in enumerate(ld):
+                if e == 0 and b in (0, 3):
+                    kept.append((order[b], batch))                       # the whole dict
+                elif e == 0 and b == 5:
+                    kept_image = (order[b], batch["image"])               # one array of it
+                elif e == 1 and b == 2:
+                    kept_view = (order[b], batch["landmarks_2d"][1:, ::-1])  # a view derived from one
+        for idx, batch in kept:
+            want = ref.read_batch(idx)
+            for k in fields:
+                np.testing.assert_array_equal(batch[k], want[k], err_msg=k)
+        np.testing.assert_array_equal(kept_image[1], ref.read_batch(kept_image[0])["image"])
+        np.testing.assert_array_equal(kept_view[1], ref.read_batch(kept_view[0])["landmarks_2d"][1:, ::-1])
+        # a caller keeping every batch gets them all intact (fresh memory once the buffers are all held)
+        every = list(ld)
+        for idx, batch in zip(ld.batches(), every):
+            np.testing.assert_array_equal(batch["image"], ref.read_batch(idx)["image"])
+            np.testing.assert_array_equal(batch["dhm"], ref.read_batch(idx)["dhm"])
+
+
+def test_dropped_batches_reuse_their_buffers(split_dir):
+    """Zero copy: a batch dropped by the caller lends its buffer to a later
+    one; with workers every batch of such a loop arrives in the shared buffer
+    (none is sent pickled)."""
+    ds = ShardDataset(split_dir, fields=["image", "dhm", "name"])
+    ld = Loader(ds, batch_size=8, seed=3)
+    addresses = {b["image"].__array_interface__["data"][0] for b in ld}
+    assert len(addresses) <= 3 < len(ld)
+    with Loader(ds, batch_size=8, seed=3, num_workers=2, mp_context="fork") as ld:
+        for _ in range(2):
+            for b in ld:
+                assert any(b["image"].base is r for r in ld._slots.roots)
+                assert any(b["dhm"].base is r for r in ld._slots.roots)

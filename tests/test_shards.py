@@ -1,4 +1,4 @@
-"""HDF5 shard writer / reader / verifier (dhm_data.shards.schema, dhm_data.shards.shards)."""
+"""HDF5 shard writer / reader / verifier and the codecs (dhm_data.shards)."""
 
 import json
 import os
@@ -177,17 +177,17 @@ def test_schema_errors_name_the_field(tmp_path, mutate, message):
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path, monkeypatch):
-    import dhm_data.shards.shards as shards
+    import dhm_data.shards.writer as shards
 
     final = tmp_path / "shard-00000.h5"
     calls = {"n": 0}
     real = shards.field_digest
 
-    def failing(f, stored):
+    def failing(f, stored, **kw):
         calls["n"] += 1
         if calls["n"] == 5:  # in the middle of writing the HDF5 file
             raise RuntimeError("disk on fire")
-        return real(f, stored)
+        return real(f, stored, **kw)
 
     monkeypatch.setattr(shards, "field_digest", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
@@ -312,7 +312,7 @@ def test_reader_names_an_unreadable_sample(shard):
             with pytest.raises(ShardError) as e:
                 r.read("dhm", indices)
             msg = str(e.value)
-            assert msg.startswith(f"{path}: field 'dhm': sample 6 {cols['name'][6]!r}: unreadable (OSError"), msg
+            assert msg.startswith(f"{path}: field 'dhm': sample 6 {cols['name'][6]!r}: unreadable through HDF5 (OSError"), msg
             assert "dhm-data verify" in msg and isinstance(e.value.__cause__, OSError)
 
 
@@ -392,9 +392,9 @@ def test_streamed_shard_with_fewer_samples_is_rewritten_at_its_size(tmp_path):
 
 def test_streamed_shard_rewrite_is_block_wise(tmp_path, monkeypatch):
     """The rewrite at the true size copies in blocks (never the whole column)."""
-    from dhm_data.shards import ShardWriter, shards
+    from dhm_data.shards import ShardWriter, writer
 
-    monkeypatch.setattr(shards, "_COPY_BLOCK", 4)
+    monkeypatch.setattr(writer, "_COPY_BLOCK", 4)
     seen = []
     real_append = ShardWriter.append
 

@@ -27,7 +27,7 @@ from dhm_data.build.manifests import SPLIT_RULES
 from dhm_data.datasets import READERS, get_reader
 from dhm_data.errors import FittingError, PipelineError
 from dhm_data.fit import FitConfig
-from dhm_data.shards import schema
+from dhm_data.shards.schema import DEFAULT_DHM_STORAGE, DHM_STORAGE_CHOICES
 
 try:
     import tomllib
@@ -51,8 +51,6 @@ ALLOWED = {
 }
 OPEN_SECTIONS = ("reader", "fit")
 #: DHM storage a pipeline may choose: the schema's alternatives for the dhm field
-DHM_STORAGES = schema.ALTERNATIVE_STORAGE[schema.field("dhm").storage]
-DEFAULT_DHM_STORAGE = schema.field("dhm").storage
 
 
 @dataclass(frozen=True)
@@ -175,8 +173,8 @@ def _from_dict(cfg: dict, origin: str) -> Pipeline:
         raise PipelineError(f"{origin}: crop.size >= 8, crop.margin >= 0, dhm.sigma > 0 and shards.size >= 1 are "
                             f"required; got crop.size {size}, crop.margin {margin}, dhm.sigma {sigma}, shards.size {shard_size}")
     storage = s.get("dhm_storage", DEFAULT_DHM_STORAGE)
-    if storage not in DHM_STORAGES:
-        raise PipelineError(f"{origin}: [shards] dhm_storage must be {' or '.join(DHM_STORAGES)}, found {storage!r}")
+    if storage not in DHM_STORAGE_CHOICES:
+        raise PipelineError(f"{origin}: [shards] dhm_storage must be {' or '.join(DHM_STORAGE_CHOICES)}, found {storage!r}")
     reader_opts = sections.get("reader", {}) or {}
     if not isinstance(reader_opts, dict):
         raise PipelineError(f"{origin}: [reader] must be a table, found {reader_opts!r}")

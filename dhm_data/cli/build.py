@@ -7,11 +7,8 @@ from pathlib import Path
 import click
 
 from dhm_data.build.layout import BuildLayout
-from dhm_data.shards import schema
+from dhm_data.shards.schema import DEFAULT_DHM_STORAGE, DHM_STORAGE_CHOICES
 
-#: the DHM storage kinds a build may choose (the shard schema's, so they cannot drift)
-DHM_STORAGES = schema.ALTERNATIVE_STORAGE[schema.field("dhm").storage]
-DEFAULT_DHM_STORAGE = schema.field("dhm").storage
 
 
 @click.command(context_settings={"show_default": True})
@@ -32,7 +29,7 @@ DEFAULT_DHM_STORAGE = schema.field("dhm").storage
 @click.option("--margin", type=float, default=None, help="Override [crop] margin (side = (1 + margin) * box side).")
 @click.option("--sigma", type=float, default=None, help="Override [dhm] sigma (crop pixels).")
 @click.option("--shard-size", type=int, default=None, help="Override [shards] size (samples per shard).")
-@click.option("--dhm-storage", type=click.Choice(list(DHM_STORAGES)), default=None,
+@click.option("--dhm-storage", type=click.Choice(DHM_STORAGE_CHOICES), default=None,
               help=f"Override [shards] dhm_storage: {DEFAULT_DHM_STORAGE} (compressed, default) or the others the "
                    "shard schema allows (u8q-raw: uncompressed, 2x disk, faster loads).")
 @click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,

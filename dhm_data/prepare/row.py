@@ -18,6 +18,7 @@ from dhm_data.geometry.crop import CropWindow, apply_affine, crop_window, unsnap
 from dhm_data.geometry.landmarks68 import mirror_landmarks
 from dhm_data.models.morphable import MorphableModel, fit_length
 from dhm_data.prepare.dhm import render_dhm
+from dhm_data.shards.schema import DEFAULT_DHM_STORAGE
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class PrepareConfig:
     crop_size: int = 224
     margin: float = 0.3
     sigma: float = 1.0
-    dhm_storage: str = "u8q-lz4"
+    dhm_storage: str = DEFAULT_DHM_STORAGE
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "PrepareConfig":

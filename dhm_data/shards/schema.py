@@ -6,28 +6,17 @@ dimensions that are taken from the data (``S`` = crop size, ``K``/``E`` =
 number of identity/expression parameters) and must agree across fields.
 Adding a field is one line in :data:`FIELDS`.
 
-Coordinate conventions (CONVENTIONS.md): 0-based pixels, the top-left pixel
+Coordinate conventions (docs/shards.md): 0-based pixels, the top-left pixel
 centre is ``(0, 0)``, x to the right, y down.  "Crop pixels" are pixels of the
 ``S x S`` crop; ``crop_affine`` maps source-image pixels to crop pixels.
 
-Storage kinds (chosen by ``benchmarks/storage.py``; figures in the README):
-
-``raw``
-    contiguous, unfiltered dataset; the reader maps it with ``np.memmap`` at
-    ``dataset.id.get_offset()`` (natural photos compress only 1.04-1.19x, a
-    filter costs read speed for almost no space).
-``u8q-lz4``
-    values in [0, 1] quantised to ``uint8 = round(255 x)`` (absolute error at
-    most ``0.5/255 = 0.00196``), one chunk per sample, Blosc-LZ4 (hdf5plugin),
-    no shuffle.  The reader returns float32 ``u/255`` or the raw uint8.
-``u8q-raw``
-    the same quantisation, contiguous and unfiltered (memory-mapped by the
-    reader): 16x the bytes of ``u8q-lz4`` for about 2x the loader speed; a
-    build option, not the default.
-``small``
-    contiguous, unfiltered, small per-sample arrays; loaded whole per process.
-``text``
-    variable-length UTF-8 strings; loaded whole per process.
+Storage kinds: one codec each (:mod:`dhm_data.shards.codecs`: ``raw``,
+``u8q-lz4``, ``u8q-raw``, ``small``, ``text``), which the writer, the reader
+and the verifier all use.  :data:`STORAGE_CHOICES` is the one list of the
+storage a build may choose for a field instead of its default (the
+``[shards] dhm_storage`` option and ``dhm-data build --dhm-storage`` read
+:data:`DHM_STORAGE_CHOICES` from here).  The format is described in
+docs/shards.md.
 """
 
 from __future__ import annotations
@@ -36,25 +25,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dhm_data.shards.codecs import (  # noqa: F401  (re-exported: the schema owns the codecs)
+    BLOSC_LZ4,
+    CODECS,
+    QUANT_LEVELS,
+    QUANT_MAX_ERROR,
+    RAW,
+    SMALL,
+    TEXT,
+    U8Q_LZ4,
+    U8Q_RAW,
+    Codec,
+    dequantise,
+    quantise,
+)
+
 #: Bumped whenever a field is added, removed or changes meaning/storage.
 #: 2: the sha256 of the pixel fields covers their CRC32 column (``sha256_of``).
 SCHEMA_VERSION = 2
 #: Versions this code reads and verifies (a v1 shard's digests cover bytes).
 READABLE_SCHEMA_VERSIONS = (1, 2)
 
-RAW = "raw"
-U8Q_LZ4 = "u8q-lz4"
-U8Q_RAW = "u8q-raw"
-SMALL = "small"
-TEXT = "text"
-STORAGE_KINDS = (RAW, U8Q_LZ4, U8Q_RAW, SMALL, TEXT)
-#: Storage a writer may choose instead of a field's default (``write_shard(storage=...)``).
+STORAGE_KINDS = tuple(CODECS)
+#: Storage a writer may choose instead of a field's default storage kind
+#: (``write_shard(storage=...)``, ``ShardWriter(storage=...)``).
 ALTERNATIVE_STORAGE = {U8Q_LZ4: (U8Q_LZ4, U8Q_RAW)}
-
-#: Quantisation step of ``u8q-*`` storage: stored = round(value / QUANT_STEP).
-QUANT_LEVELS = 255
-#: Largest absolute error of a dequantised ``u8q-*`` value in [0, 1].
-QUANT_MAX_ERROR = 0.5 / QUANT_LEVELS
 
 
 @dataclass(frozen=True)
@@ -74,13 +69,14 @@ class Field:
     description: str
 
     @property
+    def codec(self) -> Codec:
+        """The codec of the field's default storage kind."""
+        return CODECS[self.storage]
+
+    @property
     def stored_dtype(self) -> np.dtype | None:
         """dtype of the HDF5 dataset (None for text)."""
-        if self.storage == TEXT:
-            return None
-        if self.storage in (U8Q_LZ4, U8Q_RAW):
-            return np.dtype(np.uint8)
-        return np.dtype(self.dtype)
+        return self.codec.stored_dtype(self)
 
     @property
     def is_text(self) -> bool:
@@ -90,12 +86,12 @@ class Field:
     def digest_over_crc(self) -> bool:
         """True for the per-sample pixel fields (``raw`` / ``u8q-*``): the
         field's sha256 is taken over its per-sample CRC32 column, not over its
-        bytes again (see :mod:`dhm_data.shards.shards`)."""
-        return self.storage in (RAW, U8Q_LZ4, U8Q_RAW)
+        bytes again (schema v2)."""
+        return self.codec.per_sample
 
     @property
     def quantised(self) -> bool:
-        return self.storage in (U8Q_LZ4, U8Q_RAW)
+        return self.codec.quantised
 
 
 FIELDS: tuple[Field, ...] = (
@@ -123,9 +119,6 @@ FIELDS: tuple[Field, ...] = (
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 
-#: Blosc-LZ4 filter settings of ``u8q-lz4`` (see benchmarks/storage.py).
-BLOSC_LZ4 = {"cname": "lz4", "clevel": 5, "shuffle": 0}
-
 #: Group holding per-sample CRC32 arrays, one ``(N,)`` uint32 dataset per field.
 CRC_GROUP = "_crc32"
 
@@ -138,32 +131,17 @@ def field(name: str) -> Field:
         raise KeyError(f"unknown shard field {name!r}; the schema (v{SCHEMA_VERSION}) has {', '.join(FIELD_NAMES)}") from None
 
 
-def quantise(values: np.ndarray, block: int = 16, out: np.ndarray | None = None) -> np.ndarray:
-    """[0, 1] floats -> uint8 ``round(255 v)`` (values are clipped first),
-    into ``out`` (uint8, same shape) when given.
-
-    Works in blocks of ``block`` rows of the first axis (cache friendly)."""
-    v = np.asarray(values)
-    if out is None:
-        out = np.empty(v.shape, np.uint8)
-    if v.ndim == 0:
-        return np.uint8(np.rint(np.clip(float(v), 0.0, 1.0) * QUANT_LEVELS))
-    tmp = None
-    for i in range(0, len(v), block):
-        blk = v[i:i + block]
-        if tmp is None or tmp.shape != blk.shape:
-            tmp = np.empty(blk.shape, np.float32)
-        np.multiply(blk, np.float32(QUANT_LEVELS), out=tmp, casting="unsafe")
-        np.clip(tmp, 0.0, float(QUANT_LEVELS), out=tmp)
-        np.rint(tmp, out=tmp)
-        np.copyto(out[i:i + block], tmp, casting="unsafe")
-    return out
+#: Storage kinds a build may choose per field (field -> kinds, the default first).
+STORAGE_CHOICES: dict[str, tuple[str, ...]] = {
+    f.name: ALTERNATIVE_STORAGE[f.storage] for f in FIELDS if f.storage in ALTERNATIVE_STORAGE}
+#: The values of ``[shards] dhm_storage`` / ``--dhm-storage`` (default first).
+DHM_STORAGE_CHOICES: tuple[str, ...] = STORAGE_CHOICES["dhm"]
+DEFAULT_DHM_STORAGE: str = FIELD_BY_NAME["dhm"].storage
 
 
-def dequantise(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 -> float32 ``u / 255`` (correctly rounded; into ``out`` when given)."""
-    if out is None:
-        out = np.empty(stored.shape, np.float32)
-    np.copyto(out, stored, casting="unsafe")
-    np.divide(out, np.float32(QUANT_LEVELS), out=out)
-    return out
+def codec_for(kind: str) -> Codec:
+    """The codec of storage kind ``kind`` (KeyError naming the known kinds)."""
+    try:
+        return CODECS[kind]
+    except KeyError:
+        raise KeyError(f"unknown storage kind {kind!r}; known: {', '.join(CODECS)}") from None
