@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-def synthetic_300wlp(raw: Path, n: int, tag: str = "", names: list[str] | None = None) -> Path:
+def synthetic_300wlp(raw: Path, n: int, tag: str = "", names: list[str] | None = None, jobs: int = 1) -> Path:
     """``raw`` holding a synthetic 300W-LP tree of ``n`` photos + their mirrors
     (seed 0) -- or exactly the samples ``names`` lists -- generated unless
     ``raw`` already holds one (or a real ``300W_LP`` folder, which is then
@@ -18,7 +18,7 @@ def synthetic_300wlp(raw: Path, n: int, tag: str = "", names: list[str] | None =
         return raw
     shutil.rmtree(raw, ignore_errors=True)
     t = time.perf_counter()
-    synthesize("300wlp", raw, n, seed=0, names=names)
+    synthesize("300wlp", raw, n, seed=0, names=names, jobs=jobs)
     what = f"{len(names):,} listed samples" if names is not None else f"{n:,} + mirrors"
     print(f"{tag}generated synthetic 300W-LP ({what}) in {time.perf_counter() - t:.1f} s", flush=True)
     return raw

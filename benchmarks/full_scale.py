@@ -153,7 +153,7 @@ def run(fraction: float, work: Path, jobs: int, names: list[str] | None = None) 
         fraction = n / REAL_NON_FLIPPED
     else:
         n = max(4, round(REAL_NON_FLIPPED * fraction))
-    raw = synthetic_300wlp(work / f"raw-{n}", n, tag=f"[{fraction:g}] ", names=names)
+    raw = synthetic_300wlp(work / f"raw-{n}", n, tag=f"[{fraction:g}] ", names=names, jobs=jobs)
     out = work / f"build-{n}"
     r = build(raw, out, jobs)
     shard_bytes = folder_bytes(out, "shard-*.h5")

@@ -18,9 +18,11 @@ import click
 @click.option("--names", "names_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="300wlp only: write exactly the samples this text file names, one SUBSET/name a line "
                    "(e.g. the real release's name list, CRLF line ends and .jpg suffixes accepted); -n is then ignored.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1,
+              help="300wlp: processes drawing photos in parallel (the files do not depend on it).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth(dataset, out, n, seed, bfm, names_file, force, quiet):
+def synth(dataset, out, n, seed, bfm, names_file, jobs, force, quiet):
     """Write a synthetic DATASET (300wlp, aflw2000 or ls3dw) into --out, in the
     exact on-disk format of the real one: folder layout, file names, .mat keys,
     shapes and dtypes, Torch7 .t7 files, JPEG images showing a face-like
@@ -58,7 +60,7 @@ def synth(dataset, out, n, seed, bfm, names_file, force, quiet):
             bar.update(done - bar.n)
 
     try:
-        synthesize(dataset, out, n, seed=seed, model=model, force=force, progress=progress, names=names)
+        synthesize(dataset, out, n, seed=seed, model=model, force=force, progress=progress, names=names, jobs=jobs)
     finally:
         if bar is not None:
             bar.close()

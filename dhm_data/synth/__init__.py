@@ -274,13 +274,14 @@ def _writer(dataset: str):
 
 
 def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel | None = None, force: bool = False,
-               progress=None, names: list[str] | None = None) -> Path:
+               progress=None, names: list[str] | None = None, jobs: int = 1) -> Path:
     """Write a synthetic ``dataset`` (``300wlp``, ``aflw2000`` or ``ls3dw``)
     of ``n`` samples into ``out`` (see the dataset modules for what n counts
     and the layout); returns ``out``.  ``names`` (300wlp only; see
     :func:`dhm_data.synth.w300lp.read_name_list`): write exactly the samples
     it lists, e.g. the real release's names; ``n`` is then the number of
-    names.
+    names.  ``jobs`` (300wlp only): processes rendering photos in parallel
+    (the bytes written do not depend on it).
 
     ``model`` defaults to the packaged SYNTHETIC model; another
     :class:`MorphableModel` with triangles may be given (the marker then
@@ -293,6 +294,9 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
         if dataset != "300wlp":
             raise SynthError(f"a name list is only supported for 300wlp, not {dataset}")
         n = len(names)
+    if int(jobs) < 1:
+        raise SynthError(f"jobs must be at least 1, got {jobs}")
+    extra = {} if dataset != "300wlp" else {"names": names, "jobs": int(jobs)}
     if int(n) < 1:
         raise SynthError(f"-n must be at least 1, got {n}")
     out = Path(out).expanduser()
@@ -317,7 +321,7 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        info = mod.write(tmp, int(n), int(seed), model, progress=progress, **({} if names is None else {'names': names}))
+        info = mod.write(tmp, int(n), int(seed), model, progress=progress, **extra)
         marker = {
             "synthetic": True,
             "generator": "dhm-data synth",

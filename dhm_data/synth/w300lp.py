@@ -177,52 +177,56 @@ def plan_from_names(names: list[str]) -> list[PhotoPlan]:
     return plans
 
 
-def write(root, n: int, seed: int, model, progress=None, names: list[str] | None = None) -> dict:
+def write(root, n: int, seed: int, model, progress=None, names: list[str] | None = None, jobs: int = 1) -> dict:
     """Write the tree under ``root / "300W_LP"``: ``n`` non-flipped samples
     (and their mirrors) spread over the subsets, or, when ``names`` is given,
-    exactly the samples it names (``n`` is then ignored)."""
+    exactly the samples it names (``n`` is then ignored).  ``jobs`` processes
+    render photos in parallel; each photo's random stream depends only on
+    (seed, subset, its index), so the bytes do not depend on ``jobs``."""
     base = root / "300W_LP"
     for s in SUBSETS:
         for d in (base / s, base / f"{s}_Flip", base / "landmarks" / s):
             d.mkdir(parents=True, exist_ok=True)
     (base / "Code").mkdir()
     (base / "Code" / "readme.txt").write_text(README)
-    truth = {k: [] for k in ("names", "pose_para", "shape_para", "exp_para", "landmarks_3d", "landmark_vertices", "pts_2d_vertices")}
-    done = 0
     if names is not None:
         plans = plan_from_names(names)
         total = len(names)
         index = {s: 0 for s in SUBSETS}
+        photos = []
         for plan in plans:
-            j = index[plan.subset]
+            photos.append((plan, index[plan.subset], False))
             index[plan.subset] += 1
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[plan.subset], j]))
-            _photo(base, plan.subset, j, plan.steps, rng, model, truth, stem=plan.stem,
-                   keep=(plan.originals, plan.flips))
-            done += len(plan.originals) + len(plan.flips)
-            if progress:
-                progress(done, total)
         counts_all = {}
         for s in SUBSETS:
             counts_all[s] = sum(len(p.originals) for p in plans if p.subset == s)
             counts_all[f"{s}_Flip"] = sum(len(p.flips) for p in plans if p.subset == s)
     else:
         counts = split_counts(n)
+        total = n
+        photos = []
         for s in SUBSETS:
             left, j = counts[s], 0
             while left > 0:
                 rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[s], j]))
-                steps = min(int(rng.integers(4, 10)), left)
-                written = _photo(base, s, j, steps, rng, model, truth)
-                left -= written
-                done += written
+                steps = min(int(rng.integers(4, 10)), left)  # the photo's stream starts with this draw
+                every = frozenset(range(steps))
+                photos.append((PhotoPlan(s, photo_stem(s, j), steps, every, every), j, True))
+                left -= steps
                 j += 1
-                if progress:
-                    progress(done, n)
         counts_all = {}
         for s in SUBSETS:
             counts_all[s] = counts[s]
             counts_all[f"{s}_Flip"] = counts[s]
+    truth = {k: [] for k in ("names", "pose_para", "shape_para", "exp_para", "landmarks_3d", "landmark_vertices", "pts_2d_vertices")}
+    done = 0
+    for photo, rows in zip(photos, _render_photos(base, photos, seed, model, jobs)):
+        for key, values in rows.items():
+            truth[key].extend(values)
+        plan = photo[0]
+        done += len(plan.originals) if names is None else len(plan.originals) + len(plan.flips)
+        if progress:
+            progress(done, total)
     np.savez(
         root / "synthetic_truth.npz",
         names=np.asarray(truth["names"]),
@@ -242,6 +246,36 @@ def write(root, n: int, seed: int, model, progress=None, names: list[str] | None
             "synthetic_truth.npz": "non-flipped samples: names (SUBSET/stem), pose_para, shape_para, exp_para, landmarks_3d (N,68,3) 0-based fixed 3D landmarks, landmark_vertices, marched_vertices (of pts_2d)",
         },
     }
+
+
+def _render_chunk(base, chunk, seed, model) -> list[dict]:
+    """Render and write the photos of ``chunk`` (``(plan, j, drew_steps)``
+    each); returns each photo's truth rows."""
+    out = []
+    for plan, j, drew_steps in chunk:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300, _SUBSET_SEED[plan.subset], j]))
+        if drew_steps:
+            rng.integers(4, 10)  # the step count was drawn from this stream when planning
+        truth = {k: [] for k in ("names", "pose_para", "shape_para", "exp_para", "landmarks_3d", "landmark_vertices",
+                                 "pts_2d_vertices")}
+        _photo(base, plan.subset, j, plan.steps, rng, model, truth, stem=plan.stem, keep=(plan.originals, plan.flips))
+        out.append(truth)
+    return out
+
+
+def _render_photos(base, photos, seed, model, jobs: int):
+    """Each photo's truth rows, in the order of ``photos``; with ``jobs`` > 1
+    the photos are rendered by that many processes, 32 photos a task."""
+    if jobs <= 1:
+        for photo in photos:
+            yield from _render_chunk(base, [photo], seed, model)
+        return
+    from joblib import Parallel, delayed  # only for parallel runs: joblib starts worker processes
+
+    chunks = [photos[i : i + 32] for i in range(0, len(photos), 32)]
+    run = Parallel(n_jobs=jobs, return_as="generator")
+    for rows in run(delayed(_render_chunk)(base, chunk, seed, model) for chunk in chunks):
+        yield from rows
 
 
 def _photo(base, subset, j, steps, rng, model, truth, stem: str | None = None, keep=None) -> int:
