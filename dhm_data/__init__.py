@@ -6,6 +6,8 @@ into HDF5 shards, load them as numpy batches, and score predictions with the
 published NME / CED protocol.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 __all__ = ["ShardDataset", "Loader", "HorizontalFlip", "evaluate", "evaluation_report", "load_model", "__version__"]
@@ -23,8 +25,6 @@ _LAZY = {
 def __getattr__(name):
     # imported on first use, so `import dhm_data` (and every CLI start) stays light
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'dhm_data' has no attribute {name!r}")

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def temporary_path(final: Path) -> Path:
     final = Path(final)
@@ -46,8 +48,6 @@ def write_json(final, obj) -> None:
 
 def json_default(o):
     """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -137,6 +137,37 @@ def test_importing_the_package_root_for_its_version_only():
             assert names - modules <= {"__version__"}, f"{m} imports {names - modules} from the package root"
 
 
+#: where an import inside a function is allowed, and why (the reason goes in a
+#: comment on the import, or on the line above a run of imports)
+def _function_level_imports_without_a_reason(path: Path) -> list[str]:
+    lines = path.read_text().split("\n")
+    out = []
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if any("#" in lines[k] for k in range(node.lineno - 1, node.end_lineno)):
+                continue
+            j = node.lineno - 2  # walk up over the run of imports this one belongs to
+            while j >= 0 and (lines[j].strip().startswith(("import ", "from ", ")")) or lines[j].strip().endswith(",")
+                              or not lines[j].strip()):
+                if "#" in lines[j]:
+                    break
+                j -= 1
+            if j < 0 or "#" not in lines[j]:
+                out.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return out
+
+
+def test_function_level_imports_say_why():
+    """Imports inside functions only where they buy something (command
+    start-up, optional or slow dependencies), each saying so in a comment."""
+    bad = [row for path in sorted(PACKAGE.rglob("*.py")) for row in _function_level_imports_without_a_reason(path)]
+    assert not bad, "imports inside functions without a reason comment:\n" + "\n".join(bad)
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_size(name):
     lines = MODULES[name].read_text().count("\n")

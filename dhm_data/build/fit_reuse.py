@@ -19,6 +19,7 @@ import numpy as np
 from dhm_data.build.runner import fingerprint
 from dhm_data.errors import FitFileError
 from dhm_data.fit import FitConfig
+from dhm_data.fit.result_file import read_fits
 from dhm_data.models.morphable import MorphableModel
 
 
@@ -34,8 +35,6 @@ def fit_input_fingerprint(landmarks: np.ndarray, landmarks_3d: np.ndarray | None
 def reusable_fit(out, input_fingerprint: str) -> dict | None:
     """The contents of the fit file ``out`` (:func:`dhm_data.fit.result_file.read_fits`)
     when it records ``input_fingerprint``; None when there is nothing to reuse."""
-    from dhm_data.fit.result_file import read_fits
-
     if not Path(out).is_file():
         return None
     try:

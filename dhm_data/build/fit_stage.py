@@ -23,7 +23,8 @@ from dhm_data.build.manifests import shard_chunks
 from dhm_data.build.runner import Unit, fingerprint
 from dhm_data.datasets.base import DatasetReader
 from dhm_data.errors import DatasetError
-from dhm_data.fit import FitConfig
+from dhm_data.fit import FitConfig, fit
+from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
 from dhm_data.models.morphable import MorphableModel
 
 
@@ -83,9 +84,6 @@ def fit_units(layout, pipeline, reader, lm_model, splits, landmarks_3d: dict | N
 
 def fit_shard(job: FitJob) -> dict:
     """Worker: fit every sample of one shard in one batched solve."""
-    from dhm_data.fit import fit
-    from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
-
     names, lm2, lm3, heights, rejections = [], [], [], [], []
     for item in job.items:
         try:

@@ -15,7 +15,6 @@ from collections import Counter, OrderedDict
 from dhm_data.datasets.base import Item
 from dhm_data.errors import PipelineError
 
-
 #: the split rules :func:`assign_split` knows
 SPLIT_RULES = ("test", "all", "train", "val", "300wlp-seed-paper")
 

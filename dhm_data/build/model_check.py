@@ -16,6 +16,7 @@ a model they do not belong to.
 
 from __future__ import annotations
 
+from dhm_data.build.prepare_stage import LABEL_MISMATCH
 from dhm_data.datasets.base import DatasetReader
 from dhm_data.errors import BuildError, ModelFileError
 from dhm_data.models.formats import FAMILIES, family_of_name, model_family
@@ -106,8 +107,6 @@ def check_mesh_model(model: MorphableModel, summary: dict) -> None:
 def check_label_failures(model: MorphableModel, scanned: int, rejections: list) -> None:
     """Stop a build where most samples were rejected because their labels do
     not project onto the 2D labels with ``model``: the model is wrong."""
-    from dhm_data.build.prepare_stage import LABEL_MISMATCH
-
     n = sum(1 for r in rejections if r.get("reason", "").startswith(LABEL_MISMATCH))
     if scanned and n > scanned / 2:
         raise BuildError(f"{n} of {scanned} samples were rejected because their labelled parameters, reconstructed "

@@ -17,6 +17,7 @@ from pathlib import Path
 from dhm_data.build.layout import BuildLayout
 from dhm_data.build.runner import plan_status
 from dhm_data.errors import BuildError, ShardError
+from dhm_data.shards import verify_shard
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def build_status(out) -> BuildStatus:
 def verify_build(out) -> VerifyReport:
     """Verify every shard of the finished build ``out`` and its counts;
     :class:`BuildError` when there is no ``build.json``."""
-    from dhm_data.shards import verify_shard
-
     layout = BuildLayout(out)
     if not layout.summary.exists():
         raise BuildError(f"{out}: no build.json; the build did not finish (rerun it) or this is not a build folder")

@@ -29,6 +29,7 @@ class LazyGroup(click.Group):
         problem of the input, of a file, or a run that cannot go on) exits
         non-zero with its message; anything else is a bug and keeps its
         traceback."""
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.errors import DhmDataError
 
         try:

@@ -49,6 +49,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
     folder is still done).  Shipped pipelines: 300wlp, aflw2000,
     aflw2000-reannotated, ls3dw.
     """
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.build.flow import BuildRequest, run_build
 
     overrides = {"crop.size": crop_size, "crop.margin": margin, "dhm.sigma": sigma, "shards.size": shard_size,
@@ -69,6 +70,7 @@ def build(pipeline, root, out, bfm, jobs, backend, scheduler, strict, crop_size,
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def status(out):
     """Show which units of the build in OUT are done and which are left."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.build.state import build_status
 
     st = build_status(out)
@@ -92,6 +94,7 @@ def status(out):
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def verify(out):
     """Check every shard of OUT: sample counts against build.json and checksums."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.build.state import verify_build
 
     report = verify_build(out)

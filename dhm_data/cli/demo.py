@@ -19,6 +19,7 @@ def demo(out, n, jobs, seed, fresh):
     exact on-disk formats of the real ones), build all three (LS3D-W through
     the fit stage), draw a sample, score noisy predictions with dhm-eval's
     protocol, and print where everything is."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.build.flow import BuildRequest, run_build
     from dhm_data.build.layout import BuildLayout
     from dhm_data.synth import synthesize
@@ -39,6 +40,7 @@ def demo(out, n, jobs, seed, fresh):
         extra = f", fitted {s['fit']['fitted']} (converged {s['fit']['converged']})" if s.get("fit") else ""
         lines.append(f"  {dataset:9s} raw {tree}\n            shards {builds / dataset}: {s['written']}, rejected {s['rejected']}{extra}")
 
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.load import ShardDataset
     from dhm_data.viz.sample import sample_picture, save_png
 
@@ -58,6 +60,7 @@ def demo(out, n, jobs, seed, fresh):
 def _evaluate_demo(out: Path, build_dir: Path) -> str:
     """Noisy copies of the AFLW2000-3D ground truth scored with the published
     protocol, as a user would score a model's predictions."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     import numpy as np
 
     from dhm_data.evaluation.ground_truth import load_ground_truth

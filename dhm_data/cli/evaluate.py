@@ -43,6 +43,7 @@ def _names_files(names, preds) -> list:
 
 def _write_all(outputs: dict) -> None:
     """``{path: bytes | callable(tmp_path)}``: every output to a temporary name, then all renamed."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     import contextlib
     import os
 
@@ -67,8 +68,10 @@ def _write_all(outputs: dict) -> None:
 
 def _predictions(preds, labels, names_files, gt, kind, protocol, opts):
     """Read every file and bring it to :class:`Prediction` rows of ``gt``."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     import numpy as np
 
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.evaluation.lists import read_names_file
     from dhm_data.evaluation.predictions import decode_3ddfa, read_predictions, resolve_rows, to_source_pixels
     from dhm_data.evaluation.report import Prediction
@@ -78,11 +81,13 @@ def _predictions(preds, labels, names_files, gt, kind, protocol, opts):
         keep = ~np.isin(np.array([str(n) for n in gt.names]), protocol.exclude)
         subset, subset_name = np.flatnonzero(keep), f"protocol {protocol.name}"
     if kind == "pose" and not opts["all_faces"] and gt.pose_para is not None:
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.evaluation.lists import pose_filter
 
         subset, subset_name = np.flatnonzero(pose_filter(gt.names, gt.pose_para)), "the [-99, 99] pose filter"
     decoder = None
     if kind == "3ddfa-params":
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.evaluation.tddfa import read_param_stats
         from dhm_data.models.formats import load_model
 
@@ -188,6 +193,7 @@ def main(preds, dataset, root, build_dir, aflw2000_root, metric, input_kind, pro
           --param-stats param_whitening.pkl --roi-box AFLW2000-3D_crop.roi_box.npy --protocol 2dasl-1998
       dhm-eval poses.npy --dataset aflw2000 --root ~/data/AFLW2000 --metric pose --pose-format ypr-deg
     """
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.errors import DhmDataError
     from dhm_data.evaluation.ground_truth import load_ground_truth
     from dhm_data.evaluation.protocols import get_protocol
@@ -225,6 +231,7 @@ def main(preds, dataset, root, build_dir, aflw2000_root, metric, input_kind, pro
     if plot is not None:
         if metric == "pose":
             raise click.UsageError("--plot draws the CED of landmark errors; it has no meaning for --metric pose")
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.evaluation.plots import ced_figure
 
         fig = ced_figure(result.reports, title=dataset_title(dataset))

@@ -21,6 +21,7 @@ def show(out, index, split, output, mesh, bfm):
     With --mesh, the model must be one the sample's parameters belong to
     (the labels' model family, or the model the build fitted with): another
     is refused."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.build.layout import BuildLayout
     from dhm_data.load import ShardDataset
     from dhm_data.viz.sample import sample_picture, save_png
@@ -38,6 +39,7 @@ def show(out, index, split, output, mesh, bfm):
     save_png(output, sample_picture(s["image"], s["landmarks_2d"], s["dhm"]))
     click.echo(f"{output}: {s['name']} ({split_dir.name} #{index}, yaw {float(s['yaw']):.1f} deg)")
     if mesh is not None:
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.viz.mesh import export_mesh
 
         export_mesh(model, s["shape_para"], s["exp_para"], mesh)
@@ -46,8 +48,10 @@ def show(out, index, split, output, mesh, bfm):
 
 def _mesh_model(layout, bfm):
     """The --bfm model, refused unless the build's parameters belong to it."""
+    # imported when the command runs, so that `--help` and start-up stay fast
     import json
 
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.build.model_check import check_mesh_model
     from dhm_data.models.formats import load_model
 

@@ -34,15 +34,18 @@ def synth(dataset, out, n, seed, bfm, names_file, jobs, force, quiet):
     into a temporary folder and renamed into place: an interrupted run leaves
     nothing behind.
     """
+    # imported when the command runs, so that `--help` and start-up stay fast
     from dhm_data.synth import DATASETS, synthesize
 
     model = None
     if bfm is not None:
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.models.formats import load_model
 
         model = load_model(bfm)
     names = None
     if names_file is not None:
+        # imported when the command runs, so that `--help` and start-up stay fast
         from dhm_data.synth.w300lp import read_name_list
 
         if dataset != "300wlp":
@@ -51,6 +54,7 @@ def synth(dataset, out, n, seed, bfm, names_file, jobs, force, quiet):
         n = len(names)
     bar = None
     if not quiet:
+        # imported when the command runs, so that `--help` and start-up stay fast
         from tqdm import tqdm
 
         bar = tqdm(total=n, unit="sample", desc=f"synth {dataset}", leave=False, delay=0.5)

@@ -7,6 +7,7 @@ source image (x right, y down), via :mod:`dhm_data.geometry.camera`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,8 +171,6 @@ class DatasetReader:
 
     def synthetic_marker(self) -> dict | None:
         """The ``SYNTHETIC.json`` of a tree written by ``dhm-data synth``, if any."""
-        import json
-
         for d in (self.root, self.root.parent):
             p = d / "SYNTHETIC.json"
             if p.is_file():

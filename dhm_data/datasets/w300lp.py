@@ -34,7 +34,6 @@ import os
 import re
 from pathlib import Path
 
-
 from dhm_data.datasets.base import DatasetReader, Item, Sample
 from dhm_data.datasets.labels import field, labelled_parameters
 from dhm_data.errors import DatasetError

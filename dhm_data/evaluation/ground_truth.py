@@ -29,13 +29,21 @@ Prediction files are read and put in ground-truth order by :mod:`dhm_data.evalua
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from dhm_data.errors import GroundTruthError
+from dhm_data.build.layout import BuildLayout
+from dhm_data.datasets import get_reader
+from dhm_data.errors import DatasetError, GroundTruthError, ShardError
 from dhm_data.evaluation.lists import aflw2000_names
+from dhm_data.formats.files import path_problem
+from dhm_data.geometry import camera
+from dhm_data.geometry.crop import apply_affine, invert_affine
+from dhm_data.shards import read_columns
 
 #: --dataset name -> what it is; ``subset`` is the LS3D-W folder; ``build`` = (pipeline, split)
 DATASETS = {
@@ -143,11 +151,7 @@ def load_ground_truth(dataset: str, root=None, build=None, aflw2000_root=None) -
         return from_build(dataset, build)
     root = Path(root).expanduser()
     if not root.exists():
-        import os
-
         if os.path.islink(root):
-            from dhm_data.formats.files import path_problem
-
             raise GroundTruthError(f"{root}: {path_problem(root)} (the --root of {dataset})")
         raise GroundTruthError(f"{root}: no such file or directory (the --root of {dataset})")
     if spec["kind"] == "300wlp":
@@ -177,8 +181,6 @@ def _load_npy(path: Path, shape: tuple) -> np.ndarray:
 def from_reference_arrays(dataset: str, folder) -> GroundTruth:
     """(a) The 3DDFA benchmark arrays: 2,000 faces in sorted file-name order, named
     from ``manifests/aflw2000-3d.names.txt`` (positions ``#0000`` ... as aliases)."""
-    from dhm_data.geometry import camera
-
     folder = Path(folder)
     spec = _check_dataset(dataset)
     pose = _load_npy(folder / REFERENCE_FILES["pose"], (2000,))
@@ -205,9 +207,6 @@ def from_reference_arrays(dataset: str, folder) -> GroundTruth:
 
 # ------------------------------------------------------------------ (b) raw datasets
 def _reader(name: str, root, **options):
-    from dhm_data.datasets import get_reader
-    from dhm_data.errors import DatasetError
-
     try:
         return get_reader(name)(root, **options)
     except DatasetError as e:
@@ -215,8 +214,6 @@ def _reader(name: str, root, **options):
 
 
 def _load_all(reader) -> list:
-    from dhm_data.errors import DatasetError
-
     items = reader.items()
     if not items:
         raise GroundTruthError(f"{reader.root}: no labelled images found. {reader.how_to_get}")
@@ -227,9 +224,6 @@ def _load_all(reader) -> list:
 
 
 def _looks_like(name: str, root: Path) -> bool:
-    from dhm_data.datasets import get_reader
-    from dhm_data.errors import DatasetError
-
     try:
         get_reader(name).locate(root)
         return True
@@ -292,12 +286,6 @@ def from_build(dataset: str, build) -> GroundTruth:
     """(c) A build directory: shard landmarks (crop pixels) mapped back to source
     pixels through the recorded ``crop_affine``; yaw from the shards where the 3DMM
     parameters are labels (not fitted)."""
-    import json
-
-    from dhm_data.build.layout import BuildLayout
-    from dhm_data.errors import ShardError
-    from dhm_data.geometry.crop import apply_affine, invert_affine
-    from dhm_data.shards import read_columns
 
     spec = _check_dataset(dataset)
     layout = BuildLayout(build)

@@ -17,8 +17,8 @@ from dhm_data.evaluation.metrics import EvaluationReport, ced
 
 def ced_figure(reports: Sequence[EvaluationReport], title: str = "", x_max: float | None = None):
     """A matplotlib Figure of the CED curves of ``reports`` (x: NME in %, y: images in %)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib is needed only for plots (slow to import)
+    from matplotlib.figure import Figure  # matplotlib is needed only for plots (slow to import)
 
     if not reports:
         raise ValueError("no reports to plot")

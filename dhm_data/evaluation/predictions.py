@@ -20,6 +20,7 @@ from dhm_data.evaluation import tddfa
 from dhm_data.evaluation.ground_truth import GroundTruth
 from dhm_data.evaluation.lists import aflw2000_names, base_name, strip_suffix
 from dhm_data.geometry import camera
+from dhm_data.geometry.crop import apply_affine, invert_affine
 from dhm_data.geometry.landmarks68 import ACCEPTED_SHAPES_TEXT, landmark_array
 
 #: The array an ``.npz`` holds, per input kind (first key found wins).
@@ -178,8 +179,6 @@ def to_source_pixels(points, gt: GroundTruth, what: str, one_based: bool = False
         if gt.crop_affines is None:
             raise PredictionError(f"{what}: --crop-coords needs the ground truth from a build (--build DIR), whose "
                                   "recorded crop affines map crop pixels back to the image")
-        from dhm_data.geometry.crop import apply_affine, invert_affine
-
         lm = lm.copy()
         lm[..., :2] = np.stack([apply_affine(invert_affine(a), p[:, :2]) for a, p in zip(gt.crop_affines, lm)])
     return lm

@@ -4,6 +4,9 @@ broken symlink, a FIFO).  Byte-level helpers with no knowledge of datasets."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 from dhm_data.errors import DatasetError
@@ -13,10 +16,6 @@ def path_problem(path: Path) -> str | None:
     """Why ``path`` is not a readable regular file, or None when it is one:
     ``"symlink loop ..."``, ``"broken symlink ..."``, ``"is a directory ..."``,
     ``"missing"``."""
-    import errno
-    import os
-    import stat
-
     path = Path(path)
     try:
         st = os.stat(path)
@@ -41,9 +40,6 @@ def read_regular_file(path, limit: int | None = None, max_size: int | None = Non
     (a FIFO cannot hang the caller) and one ``fstat``; ``OSError`` from the
     open or the read propagates (callers turn it into a :class:`DatasetError`
     with :func:`require_file`)."""
-    import os
-    import stat
-
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)

@@ -22,6 +22,8 @@ import functools
 from importlib import resources
 from pathlib import Path
 
+from dhm_data.errors import ModelFileError
+from dhm_data.models.formats.compact import load
 from dhm_data.models.morphable import MorphableModel
 
 #: Name of the shipped model (also the value ``SYNTHETIC.json`` records).
@@ -37,8 +39,6 @@ def synthetic_model_path() -> Path:
     """Filesystem path of the packaged model file (``dhm_data/assets/``)."""
     ref = resources.files("dhm_data").joinpath("assets", ASSET_NAME)
     if not ref.is_file():
-        from dhm_data.errors import ModelFileError
-
         raise ModelFileError(
             f"{ref}: the packaged synthetic model is missing (regenerate it with "
             "`python scripts/make_synthetic_model.py` from the repository root)"
@@ -54,12 +54,8 @@ def load_synthetic_model() -> MorphableModel:
     expression_basis ``(720, 3, 29)``, landmark_indices ``(68,)`` (all mapped),
     triangles ``(1349, 3)``, contour_candidates 17 int arrays; micrometres.
     """
-    from dhm_data.models.formats.compact import load
-
     model = load(synthetic_model_path())
     if model.name != SYNTHETIC_MODEL_NAME:
-        from dhm_data.errors import ModelFileError
-
         raise ModelFileError(
             f"{synthetic_model_path()}: key 'name' is {model.name!r}, expected {SYNTHETIC_MODEL_NAME!r}"
         )

@@ -33,7 +33,7 @@ def face_mesh(model: MorphableModel, shape_para=None, exp_para=None, pose_para=N
     the triangle winding is reversed to undo the y flip's reflection, so
     normals still point out of the face.
     """
-    import trimesh
+    import trimesh  # trimesh is needed only for mesh export (slow to import)
 
     if model.triangles is None or len(model.triangles) == 0:
         raise MeshError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from dhm_data.atomic import atomic_path
+
 
 def draw_landmarks(image: np.ndarray, landmarks_2d: np.ndarray, scale: int = 1, radius: int | None = None) -> np.ndarray:
     """``image`` ``(H, W, 3)`` uint8 RGB enlarged ``scale`` times (nearest
@@ -38,8 +40,6 @@ def sample_picture(image: np.ndarray, landmarks_2d: np.ndarray, dhm: np.ndarray,
 
 
 def save_png(path, rgb: np.ndarray) -> None:
-    from dhm_data.atomic import atomic_path
-
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
+import scipy.io
 
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
@@ -59,8 +61,6 @@ def read_mat(path: Path, names) -> dict:
     """The variables ``names`` of a MATLAB file (v5 via scipy, v7.3 via h5py)
     that are present, as numpy arrays; structs become dicts, cells object
     arrays.  v7.3 arrays are transposed back to MATLAB's shape."""
-    import scipy.io
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: file is missing")
@@ -83,8 +83,6 @@ def _from_scipy(v):
 
 
 def _read_mat73(path: Path, names) -> dict:
-    import h5py
-
     out = {}
     try:
         with h5py.File(path, "r") as f:
@@ -97,8 +95,6 @@ def _read_mat73(path: Path, names) -> dict:
 
 
 def _h5_value(f, obj):
-    import h5py
-
     if isinstance(obj, h5py.Group):
         return {k: _h5_value(f, obj[k]) for k in obj}
     a = obj[()]

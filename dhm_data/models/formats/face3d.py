@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
@@ -55,13 +56,11 @@ def detect(path: Path) -> bool:
 
 
 def _has_model_struct(path: Path) -> bool:
-    import scipy.io
-
     try:
         return any(name == "model" and cls == "struct" for name, _, cls in scipy.io.whosmat(path))
     except Exception:  # v7.3 / not a .mat: try HDF5
         try:
-            import h5py
+            import h5py  # only for MATLAB v7.3 files, which are HDF5
 
             with h5py.File(path, "r") as f:
                 return "model" in f and isinstance(f["model"], h5py.Group) and "shapeMU" in f["model"]

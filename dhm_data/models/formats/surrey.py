@@ -203,7 +203,7 @@ def _check_pca(path, what, m, dim):
 
 def read_landmark_map(path: Path) -> dict:
     """``ibug_to_sfm.txt`` as {0-based iBUG index: SFM vertex}."""
-    try:
+    try:  # the TOML reader: in the standard library from Python 3.11, the tomli package before
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
