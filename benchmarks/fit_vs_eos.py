@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dhm_data.fit import FitConfig, fitting
+from dhm_data.fit import FitConfig, camera_estimation, driver
 from dhm_data.geometry import camera
 
 W = H = 450
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 def similarity_aligned_error(pred, gt):
     """Mean 3D distance ``(B,)`` after aligning ``pred`` to ``gt`` (Umeyama)."""
     w = np.ones(pred.shape[:2])
-    s, R, t = fitting.umeyama_similarity(gt, pred, w)
+    s, R, t = camera_estimation.umeyama_similarity(gt, pred, w)
     al = s[:, None, None] * np.einsum("bij,bnj->bni", R, pred) + t[:, None]
     return np.linalg.norm(al - gt, axis=-1).mean(1)
 
@@ -123,14 +123,14 @@ def main():
 
     # ---- dhm-data, one batched call
     cfg = FitConfig(max_iterations=args.iterations, jaw="fixed")
-    fitting.fit(lm[:8], model, config=cfg, image_height=H)  # warm-up: model precompute, cached
+    driver.fit(lm[:8], model, config=cfg, image_height=H)  # warm-up: model precompute, cached
     t0 = time.perf_counter()
-    r = fitting.fit(lm, model, config=cfg, image_height=H)
+    r = driver.fit(lm, model, config=cfg, image_height=H)
     t_dhm = time.perf_counter() - t0
     e_dhm2 = np.linalg.norm(r.landmarks[:, used, :2] - gt2, axis=-1).mean(1)
     Sf = model.reconstruct(r.shape_para, r.exp_para)[:, li[used]]
     e_dhm3 = similarity_aligned_error(Sf, gt3)
-    r_fixed = fitting.fit(lm, model, config=FitConfig(max_iterations=args.iterations, tolerance=0, jaw="fixed"), image_height=H)
+    r_fixed = driver.fit(lm, model, config=FitConfig(max_iterations=args.iterations, tolerance=0, jaw="fixed"), image_height=H)
     e_fix2 = np.linalg.norm(r_fixed.landmarks[:, used, :2] - gt2, axis=-1).mean(1)
 
     box = (gt2.max(1) - gt2.min(1)).prod(-1) ** 0.5

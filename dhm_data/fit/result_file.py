@@ -28,7 +28,7 @@ key                    shape, dtype  meaning
 ``image_height``       (B,) f8       image heights used (``ty`` depends on them)
 ``max_residual``       () f8         the flagging limit
 ``model``              () str        model name
-``config``             () str        JSON of the :class:`~dhm_data.fit.fitting.FitConfig`
+``config``             () str        JSON of the :class:`~dhm_data.fit.config.FitConfig`
 ``used_3d``            () bool       3D landmark estimates were used
 =====================  ============  =============================================
 
@@ -54,7 +54,7 @@ __all__ = ["FORMAT", "FitFileError", "write_fits", "read_fits", "flagged_table"]
 
 def write_fits(path, names, result, image_height=None, model_name: str = "", used_3d: bool = False,
                extra: dict | None = None) -> Path:
-    """Write a :class:`~dhm_data.fit.fitting.FitResult` to ``path`` (``.npz``) atomically.
+    """Write a :class:`~dhm_data.fit.result.FitResult` to ``path`` (``.npz``) atomically.
 
     ``names`` ``(B,)`` sample names (``None``: ``"0".."B-1"``); ``result``
     ``None`` with no names writes a valid empty file (a shard whose samples
