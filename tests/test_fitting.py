@@ -433,3 +433,70 @@ def test_surrey_face_model_fixed_correspondences(sfm_dir):
     # measured: max yaw error 0.08 deg (the prior, even this weak, trades a little pose for shape)
     assert np.degrees(np.abs(r.pose_para[:, 1] - yaw)).max() < 0.15
     assert r.residual_px.max() < 0.05
+
+
+# ------------------------------------------------------- config and the jaw rule
+def test_from_mapping_checks_names_types_and_values():
+    c = FitConfig.from_mapping({"tolerance": 1, "jaw": "silhouette", "expression_regularisation": None})
+    assert c.tolerance == 1.0 and isinstance(c.tolerance, float) and c.jaw == "silhouette"
+    assert FitConfig.from_mapping({}) == FitConfig()
+    with pytest.raises(FittingError, match=r"pipelines/x.toml \[fit\]: unknown fitting options \['tolerence'\]"):
+        FitConfig.from_mapping({"tolerence": 0.1}, origin="pipelines/x.toml [fit]")
+    with pytest.raises(FittingError, match="'max_iterations' must be int, got 2.5"):
+        FitConfig.from_mapping({"max_iterations": 2.5})
+    with pytest.raises(FittingError, match="'far_jaw_cos_yaw' must be bool, got 1"):
+        FitConfig.from_mapping({"far_jaw_cos_yaw": 1})
+    with pytest.raises(FittingError, match="'tolerance' must be float, got 'low'"):
+        FitConfig.from_mapping({"tolerance": "low"})
+    with pytest.raises(FittingError, match=r"\[fit\]: FitConfig.jaw must be 'silhouette' or 'fixed', got 'auto'"):
+        FitConfig.from_mapping({"jaw": "auto"})
+    with pytest.raises(FittingError, match="max_iterations must be >= 1, got 0"):
+        FitConfig.from_mapping({"max_iterations": 0})
+
+
+def test_option_help_states_the_real_default():
+    from dataclasses import fields
+
+    for f in fields(FitConfig):
+        h = FitConfig.option_help(f.name)
+        assert h.endswith(f"[default: {f.default}].")
+    assert "face size" in FitConfig.option_help("tolerance") and "0.003" in FitConfig.option_help("tolerance")
+
+
+def test_jaw_for_labels():
+    from dhm_data.fit import jaw_for_labels
+
+    for fixed in ("pt3d_68", "landmarks/pts_3d", "landmarks/pts_3d (mirrored)", "t7", "LS3D-W re-annotation (t7)"):
+        assert jaw_for_labels(fixed) == "fixed"
+    for contour in ("pt2d", "pt2d (mirrored)", "landmarks/pts_2d"):
+        assert jaw_for_labels(contour) == "silhouette"
+    assert jaw_for_labels("something else") == FitConfig().jaw
+
+
+def test_march_jaw_hand_case():
+    from dhm_data.geometry.contour import march_jaw
+
+    line = np.array([[[0.0, 0.0], [-2.0, 1.0], [3.0, -1.0]]])  # (B=1, L=3, 2)
+    lines = [line] * 17
+    k = march_jaw(lines)
+    assert (k[0, :8] == 1).all() and k[0, 8] == 2 and (k[0, 9:] == 2).all()  # min x, lowest y, max x
+    shared = np.ones(17, bool)
+    obs = np.zeros((1, 17, 2))
+    obs[0, 3] = [2.9, -0.8]
+    valid = np.zeros((1, 17), bool)
+    valid[0, 3] = True
+    k = march_jaw(lines, shared, obs, valid)
+    assert k[0, 3] == 2 and k[0, 2] == 1  # nearest where observed, else the extreme rule
+
+
+def test_synth_and_fit_march_the_same_vertices():
+    from dhm_data.models.synthetic import load_synthetic_model
+    from dhm_data.synth import march_landmarks
+
+    m = load_synthetic_model()
+    rng = np.random.default_rng(3)
+    for yaw in (-70, -20, 0, 35, 80):
+        a = rng.normal(size=m.n_identity) * m.identity_std
+        pose = np.array([0.1, np.radians(yaw), -0.05, 225, 225, 0, 1.5e-3])
+        _, v = driver.posed_model_landmarks(m, a[None], np.zeros((1, m.n_expression)), pose[None], 450)
+        np.testing.assert_array_equal(v[0], march_landmarks(m, m.reconstruct(a), pose))
