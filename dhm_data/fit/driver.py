@@ -161,16 +161,24 @@ def gauss_newton_iterations(p: Problem, st: State) -> State:
     move_prev = np.full(B, np.inf)
     damping = np.full(B, 1e-3)
     active = np.arange(B)
+    # the cost and prediction of the current iterate, carried over while the
+    # problem (rows, weights) stays the same
+    carried = None
+    reweight = p.jaw_fallback and cfg.far_jaw_cos_yaw
     for it in range(cfg.max_iterations):
         a = active
         w_pt = p.point_weights(a, st.R[a])
-        if 0 < it < cfg.march_iterations:
+        marched = 0 < it < cfg.march_iterations
+        if marched:
             st.rows[a] = p.march(a, st.rows[a], st.R[a], st.alpha[a], st.beta[a], st.s[a], st.t[a])
         rs = np.maximum(st.rows[a], 0)
         rw = p.row_weights(a, w_pt)
         cur = (st.s[a], st.R[a], st.t[a], st.alpha[a], st.beta[a])
         obs = p.obs[a]
-        before, pred_cur = map_cost(prep, rs, *cur, obs, rw, lam_id, lam_exp, return_prediction=True)
+        if carried is None or marched or reweight:
+            before, pred_cur = map_cost(prep, rs, *cur, obs, rw, lam_id, lam_exp, return_prediction=True)
+        else:
+            before, pred_cur = carried[0][a], carried[1][a]
         prop = joint_gauss_newton_step(prep, rs, *cur, obs, rw, lam_id, lam_exp, damping[a])
         after, pred_prop = map_cost(prep, rs, *prop, obs, rw, lam_id, lam_exp, return_prediction=True)
         accept = np.isfinite(after) & (after <= before)
@@ -183,6 +191,10 @@ def gauss_newton_iterations(p: Problem, st: State) -> State:
         st.s[a], st.R[a], st.t[a], st.alpha[a], st.beta[a] = new
         st.iterations[a] = it + 1
         st.converged[a] = done
+        if carried is None:
+            carried = (np.zeros(B), np.zeros((B,) + pred_cur.shape[1:]))
+        carried[0][a] = np.where(accept, after, before)
+        carried[1][a] = np.where(accept[:, None, None], pred_prop, pred_cur)
         active = a[~done]
         if active.size == 0:
             break

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dhm_data.fit.linalg import solve_spd
 from dhm_data.fit.model_rows import Prepared, gather_gram, project_coefficients, rotate_gram, shape_rows
 
 __all__ = ["rodrigues", "map_cost", "landmark_movement", "joint_gauss_newton_step", "converged_mask"]
@@ -82,11 +83,10 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
     if not keep.all():  # points no image of the batch observes (unmapped): out of the system
         rows, obs, rw = rows[:, keep], obs[:, keep], rw[:, keep]
     B, N, D = obs.shape
-    shared = bool(np.all(rows == rows[:1]))
+    shared = B == 1 or bool(np.all(rows == rows[:1]))
     r0 = rows[0]
-    mu = prep.mean[r0][None] if shared else prep.mean[rows]
-    Ai = prep.A[r0] if shared else None
-    Bi = prep.Bx[r0] if shared else None
+    rset = prep.rowset(r0) if shared else None
+    mu = rset.mean[None] if shared else prep.mean[rows]
     S = shape_rows(prep, rows, alpha, beta)
     Rp = R[:, :D]
     sF = s * prep.F
@@ -105,7 +105,7 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
     rhs = np.concatenate([rprime[..., None], Jq], axis=-1).transpose(0, 2, 1, 3).reshape(B, D * N, 1 + P) / sF[:, None, None]
     # Kd / (sF)^2 = Rp (Q/lam_id + Qe/lam_exp) Rp^T / F^2 + diag(1 / rw)
     if shared:
-        Qc = prep.Q[r0][:, :, r0] / lam_id + prep.Qe[r0][:, :, r0] / lam_exp
+        Qc = prep.shared_gram(r0, lam_id, lam_exp)
     else:
         Qc = gather_gram(prep.q9(lam_id, lam_exp), rows)
     Kd = rotate_gram(Qc, Rp) / prep.F**2
@@ -114,19 +114,19 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
         Kd = np.where(okf[:, :, None] & okf[:, None, :], Kd, 0.0)
     idx = np.arange(N * D)
     Kd[:, idx, idx] += np.where(okf, 1.0 / np.where(okf, rw.transpose(0, 2, 1).reshape(B, D * N), 1.0), 1.0)
-    X = np.linalg.solve(Kd, rhs)  # (B, ND, 1+P)
+    X = solve_spd(Kd, rhs)  # (B, ND, 1+P)
     Jqf = rhs[..., 1:]
     H = np.einsum("bmp,bmq->bpq", Jqf, X[..., 1:])
     g = np.einsum("bmp,bm->bp", Jqf, X[..., 0])
     dH = np.diagonal(H, axis1=1, axis2=2)
     H[:, np.arange(P), np.arange(P)] += damping[:, None] * dH + 1e-12 * dH.max(1, keepdims=True) + 1e-300
-    dq = np.linalg.solve(H, g[..., None])[..., 0]
+    dq = solve_spd(H, g[..., None])[..., 0]
     z = (X[..., 0] - np.einsum("bmp,bp->bm", X[..., 1:], dq)).reshape(B, D, N).transpose(0, 2, 1) / sF[:, None, None]
     v = s[:, None, None] * np.einsum("bdc,bnd->bnc", Rp, z)  # Jc^T z = s [A B]^T Rp^T z
     if shared:
         vf = v.reshape(B, N * 3)
-        alpha_new = (vf @ Ai.reshape(N * 3, -1)) * (prep.sigma2 / lam_id)
-        beta_new = (vf @ Bi.reshape(N * 3, -1)) * (prep.tau2 / lam_exp)
+        alpha_new = (vf @ rset.At.T) * (prep.sigma2 / lam_id)
+        beta_new = (vf @ rset.Bt.T) * (prep.tau2 / lam_exp)
     else:
         pa, pb = project_coefficients(prep, rows, v)
         alpha_new = pa * (prep.sigma2 / lam_id)

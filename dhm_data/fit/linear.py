@@ -41,7 +41,7 @@ def solve_identity_dual(prep: Prepared, rows, Rp, resid, rw, lam) -> np.ndarray:
         rows, resid, rw = rows[:, keep], resid[:, keep], rw[:, keep]
     B, N, D = resid.shape
     if np.all(rows == rows[:1]):
-        Qr = prep.Q[rows[0]][:, :, rows[0]]  # (N,3,N,3), shared by the batch
+        Qr = prep.shared_gram(rows[0], 1.0, None)  # (9, N*N), shared by the batch
     else:  # landmark marching: each image has its own jaw vertices
         Qr = gather_gram(prep.q9(1.0, None), rows)  # (B,N,N,9)
     Kmat = rotate_gram(Qr, Rp)  # (B, N*D, N*D)
@@ -73,7 +73,8 @@ def solve_primal(basis_rows, Rp, resid, rw, prior_var, lam, F) -> np.ndarray:
     C = basis_rows.shape[-1]
     if C == 0:
         return np.zeros((B, 0))
-    Ab = np.einsum("bdc,...nce->bnde", Rp, basis_rows).reshape(B, N * D, C)
+    spec = "bdc,nce->bnde" if basis_rows.ndim == 3 else "bdc,bnce->bnde"  # shared or per-image rows
+    Ab = np.einsum(spec, Rp, basis_rows).reshape(B, N * D, C)
     wflat = rw.reshape(B, N * D)
     r = np.where(wflat > 0, resid.reshape(B, N * D), 0.0)
     Aw = Ab * wflat[..., None]

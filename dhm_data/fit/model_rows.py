@@ -19,8 +19,21 @@ from dhm_data.errors import FittingError
 from dhm_data.fit.camera_estimation import face_size
 from dhm_data.models.morphable import MorphableModel
 
-__all__ = ["Prepared", "prepare", "prepare_cached", "landmark_mask", "shape_all", "shape_rows", "project_coefficients",
+__all__ = ["Prepared", "RowSet", "prepare", "prepare_cached", "landmark_mask", "shape_all", "shape_rows", "project_coefficients",
            "rotate_gram", "gather_gram"]
+
+
+@dataclass(frozen=True)
+class RowSet:
+    """Model rows gathered once: ``mean`` ``(N, 3)``, ``A`` ``(N, 3, K)``,
+    ``Bx`` ``(N, 3, E)`` and the flattened transposes ``At`` ``(K, 3N)``,
+    ``Bt`` ``(E, 3N)`` for ``alpha @ At``."""
+
+    mean: np.ndarray
+    A: np.ndarray
+    Bx: np.ndarray
+    At: np.ndarray
+    Bt: np.ndarray
 
 
 @dataclass
@@ -44,8 +57,45 @@ class Prepared:
     _q9: dict = field(default_factory=dict)
 
     def without_contour(self) -> "Prepared":
-        """The same rows with marching switched off (jaw at fixed vertices)."""
-        return replace(self, contour_rows=None)
+        """The same rows with marching switched off (jaw at fixed vertices);
+        shares this object's caches."""
+        hit = self._q9.get("without_contour")
+        if hit is None:
+            hit = self._q9["without_contour"] = replace(self, contour_rows=None)
+        return hit
+
+    def rowset(self, r0: np.ndarray) -> "RowSet":
+        """The mean and bases gathered at rows ``r0`` ``(N,)`` (cached per row
+        set: every step of a fit evaluates the same rows)."""
+        key = ("rows", r0.tobytes())
+        hit = self._q9.get(key)
+        if hit is None:
+            N = len(r0)
+            A, Bx = self.A[r0], self.Bx[r0]
+            hit = RowSet(self.mean[r0], A, Bx, np.ascontiguousarray(A.reshape(N * 3, -1).T),
+                         np.ascontiguousarray(Bx.reshape(N * 3, -1).T))
+            if len(self._q9) > 256:
+                self._q9.clear()
+            self._q9[key] = hit
+        return hit
+
+    def shared_gram(self, r0: np.ndarray, lam_id: float, lam_exp: float | None) -> np.ndarray:
+        """``(Q / lam_id + Qe / lam_exp)`` at rows ``r0`` ``(N,)`` as the
+        ``(9, N * N)`` blocks :func:`rotate_gram` takes (cached per row set
+        and weights: a fit revisits the same rows every step); ``lam_exp``
+        ``None`` = identity only."""
+        key = (r0.tobytes(), lam_id, lam_exp)
+        hit = self._q9.get(key)
+        if hit is None:
+            Qc = self.Q[r0][:, :, r0] / lam_id
+            if lam_exp is not None:
+                Qc = Qc + self.Qe[r0][:, :, r0] / lam_exp
+            N = len(r0)
+            hit = np.ascontiguousarray(Qc.transpose(1, 3, 0, 2).reshape(9, N * N))
+            if len(self._q9) > 256:
+                self._q9.clear()
+            self._q9[key] = hit
+        return hit
 
     def q9(self, lam_id: float, lam_exp: float | None) -> np.ndarray:
         """``(Q / lam_id + Qe / lam_exp)`` as ``(M, M, 9)`` (cached); ``lam_exp``
@@ -140,12 +190,12 @@ def shape_rows(prep, rows, alpha, beta):
     """Model landmarks ``(B, N, 3)`` at model rows ``rows`` ``(B, N)`` (one
     GEMM on the shared rows, or on all rows then a gather with marching)."""
     B, N = rows.shape
-    if np.all(rows == rows[:1]):
-        r0 = rows[0]
-        S = alpha @ prep.A[r0].reshape(N * 3, -1).T
-        if prep.Bx.shape[2]:
-            S = S + beta @ prep.Bx[r0].reshape(N * 3, -1).T
-        return prep.mean[r0][None] + S.reshape(B, N, 3)
+    if B == 1 or np.all(rows == rows[:1]):
+        rs = prep.rowset(rows[0])
+        S = alpha @ rs.At
+        if rs.Bt.shape[0]:
+            S += beta @ rs.Bt
+        return rs.mean[None] + S.reshape(B, N, 3)
     return np.take_along_axis(shape_all(prep, alpha, beta), rows[:, :, None], axis=1)
 
 
@@ -164,16 +214,17 @@ def project_coefficients(prep, rows, v):
 def rotate_gram(Qr, Rp):
     """``K[b, (a, i), (e, j)] = sum_cd Rp[b,a,c] Qr[(b),i,c,j,d] Rp[b,e,d]``
     (rows ordered coordinate-major: all x rows, then all y rows, ...).
-    ``Qr`` is ``(N,3,N,3)`` shared by the batch (one GEMM over the nine
-    ``(c, d)`` blocks per (a, e) block) or ``(B,N,N,9)`` gathered per image.
-    Each block is written straight into its place.  Returns ``(B, D*N, D*N)``."""
+    ``Qr`` is ``(9, N*N)`` shared by the batch (:meth:`Prepared.shared_gram`;
+    one GEMM over the nine ``(c, d)`` blocks per (a, e) block) or
+    ``(B,N,N,9)`` gathered per image.  Each block is written straight into
+    its place.  Returns ``(B, D*N, D*N)``."""
     B, D = Rp.shape[:2]
     C = np.einsum("bac,bed->baecd", Rp, Rp).reshape(B, D, D, 9)
-    shared = Qr.ndim == 4 and Qr.shape[1] == 3
-    N = Qr.shape[0] if shared else Qr.shape[1]
+    shared = Qr.ndim == 2
+    N = int(round(np.sqrt(Qr.shape[1]))) if shared else Qr.shape[1]
     K = np.empty((B, D, N, D, N))
     if shared:
-        Q9 = Qr.transpose(1, 3, 0, 2).reshape(9, N * N)
+        Q9 = Qr
         for a in range(D):
             for e in range(D):
                 K[:, a, :, e, :] = (C[:, a, e] @ Q9).reshape(B, N, N)
