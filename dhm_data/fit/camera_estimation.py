@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dhm_data.fit.linalg import solve_spd
+
 __all__ = ["face_size", "hartley_normalisation", "estimate_affine_camera", "affine_to_similarity",
            "optimal_scale_translation", "umeyama_similarity"]
 
@@ -71,7 +73,7 @@ def estimate_affine_camera(image_points: np.ndarray, model_points: np.ndarray, w
     G = np.einsum("bni,bnj->bij", wX, Xh)  # (B,4,4)
     G += 1e-12 * np.eye(4)
     rhs = np.einsum("bni,bnk->bik", wX, xn)  # (B,4,2)
-    Pn = np.linalg.solve(G, rhs).transpose(0, 2, 1)  # (B,2,4)
+    Pn = solve_spd(G, rhs).transpose(0, 2, 1)  # (B,2,4)
     # Denormalise: x = cx + (1/sx) * (Mn (sX (X - cX)) + mn)
     M = Pn[:, :, :3] * (sX / sx)[:, None, None]
     m = cx + Pn[:, :, 3] / sx[:, None] - np.einsum("bij,bj->bi", M, cX)

@@ -156,48 +156,52 @@ def gauss_newton_iterations(p: Problem, st: State) -> State:
     under 1% (at the minimum, the Gauss-Newton model of a non-zero-residual
     problem can no longer resolve an improvement)."""
     cfg, prep = p.config, p.prep
-    lam_id, lam_exp = cfg.regularisation, cfg.lam_exp
+    lam_id, lam_exp, tol = cfg.regularisation, cfg.lam_exp, cfg.tolerance
     B = len(st.s)
+    # Work on compact arrays of the faces still iterating (``a`` = their
+    # indices); a face's results go back into ``st`` when it stops.
+    a = np.arange(B)
+    s, R, t, alpha, beta, rows = st.s, st.R, st.t, st.alpha, st.beta, st.rows
+    obs = p.obs
     move_prev = np.full(B, np.inf)
     damping = np.full(B, 1e-3)
-    active = np.arange(B)
-    # the cost and prediction of the current iterate, carried over while the
-    # problem (rows, weights) stays the same
-    carried = None
+    marching = prep.contour_rows is not None
     reweight = p.jaw_fallback and cfg.far_jaw_cos_yaw
+    rw = rs = cost = pred = None  # weights, rows, cost and prediction of the current iterate
     for it in range(cfg.max_iterations):
-        a = active
-        w_pt = p.point_weights(a, st.R[a])
-        marched = 0 < it < cfg.march_iterations
+        marched = marching and 0 < it < cfg.march_iterations
         if marched:
-            st.rows[a] = p.march(a, st.rows[a], st.R[a], st.alpha[a], st.beta[a], st.s[a], st.t[a])
-        rs = np.maximum(st.rows[a], 0)
-        rw = p.row_weights(a, w_pt)
-        cur = (st.s[a], st.R[a], st.t[a], st.alpha[a], st.beta[a])
-        obs = p.obs[a]
-        if carried is None or marched or reweight:
-            before, pred_cur = map_cost(prep, rs, *cur, obs, rw, lam_id, lam_exp, return_prediction=True)
-        else:
-            before, pred_cur = carried[0][a], carried[1][a]
-        prop = joint_gauss_newton_step(prep, rs, *cur, obs, rw, lam_id, lam_exp, damping[a])
+            rows = p.march(a, rows, R, alpha, beta, s, t)
+        if rw is None or reweight:
+            rw = p.row_weights(a, p.point_weights(a, R))
+        if rs is None or marched:
+            rs = np.maximum(rows, 0)
+        if cost is None or marched or reweight:
+            cost, pred = map_cost(prep, rs, s, R, t, alpha, beta, obs, rw, lam_id, lam_exp, return_prediction=True)
+        prop = joint_gauss_newton_step(prep, rs, s, R, t, alpha, beta, obs, rw, lam_id, lam_exp, damping)
         after, pred_prop = map_cost(prep, rs, *prop, obs, rw, lam_id, lam_exp, return_prediction=True)
-        accept = np.isfinite(after) & (after <= before)
-        new = [np.where(accept.reshape((-1,) + (1,) * (q.ndim - 1)), q, c) for q, c in zip(prop, cur)]
-        damping[a] = np.where(accept, damping[a] * 0.1, damping[a] * 10.0)
-        mv = landmark_movement(pred_prop, pred_cur, rw, cur[0], prep.F)
-        stalled = (mv < cfg.tolerance * 1e-2) | ((it > 0) & (after - before <= 1e-2 * before))
-        done = np.where(accept, converged_mask(mv, move_prev[a], cfg.tolerance), stalled)
-        move_prev[a] = np.where(accept, mv, move_prev[a])
-        st.s[a], st.R[a], st.t[a], st.alpha[a], st.beta[a] = new
-        st.iterations[a] = it + 1
-        st.converged[a] = done
-        if carried is None:
-            carried = (np.zeros(B), np.zeros((B,) + pred_cur.shape[1:]))
-        carried[0][a] = np.where(accept, after, before)
-        carried[1][a] = np.where(accept[:, None, None], pred_prop, pred_cur)
-        active = a[~done]
-        if active.size == 0:
-            break
+        accept = np.isfinite(after) & (after <= cost)
+        mv = landmark_movement(pred_prop, pred, rw, s, prep.F)
+        stalled = (mv < tol * 1e-2) | ((it > 0) & (after - cost <= 1e-2 * cost))
+        done = np.where(accept, converged_mask(mv, move_prev, tol), stalled)
+        move_prev = np.where(accept, mv, move_prev)
+        damping = np.where(accept, damping * 0.1, damping * 10.0)
+        if accept.all():
+            (s, R, t, alpha, beta), cost, pred = prop, after, pred_prop
+        elif accept.any():
+            s, R, t, alpha, beta = (np.where(accept.reshape((-1,) + (1,) * (q.ndim - 1)), q, c)
+                                    for q, c in zip(prop, (s, R, t, alpha, beta)))
+            cost, pred = np.where(accept, after, cost), np.where(accept[:, None, None], pred_prop, pred)
+        last = it == cfg.max_iterations - 1
+        if done.any() or last:
+            st.s[a], st.R[a], st.t[a], st.alpha[a], st.beta[a], st.rows[a] = s, R, t, alpha, beta, rows
+            st.iterations[a] = it + 1
+            st.converged[a] = done
+            if last or done.all():
+                break
+            k = ~done
+            a, s, R, t, alpha, beta, rows, rs, obs = a[k], s[k], R[k], t[k], alpha[k], beta[k], rows[k], rs[k], obs[k]
+            rw, cost, pred, move_prev, damping = rw[k], cost[k], pred[k], move_prev[k], damping[k]
     return st
 
 
