@@ -154,7 +154,8 @@ def converged_mask(movement: np.ndarray, movement_prev: np.ndarray, tolerance: f
     when that is below ``tolerance``, or when ``m_k`` itself is negligible
     (``< tolerance / 100``).  Needs two iterations (``m_{k-1}`` finite).
     ``(B,)`` bool."""
-    rho = np.divide(movement, movement_prev, out=np.full(movement.shape, np.nan), where=movement_prev > 0)
+    rho = np.divide(movement, movement_prev, out=np.full(movement.shape, np.nan),
+                    where=(movement_prev > 0) & np.isfinite(movement_prev))
     rho = np.clip(rho, 0.0, 0.999)
     ok = np.isfinite(movement_prev) & (movement * rho / (1.0 - rho) < tolerance)
     return ok | (movement < tolerance * 1e-2)
