@@ -162,7 +162,7 @@ def gauss_newton_iterations(p: Problem, st: State) -> State:
     # indices); a face's results go back into ``st`` when it stops.
     a = np.arange(B)
     s, R, t, alpha, beta, rows = st.s, st.R, st.t, st.alpha, st.beta, st.rows
-    obs = p.obs
+    obs_all = p.obs
     move_prev = np.full(B, np.inf)
     damping = np.full(B, 1e-3)
     marching = prep.contour_rows is not None
@@ -174,8 +174,12 @@ def gauss_newton_iterations(p: Problem, st: State) -> State:
             rows = p.march(a, rows, R, alpha, beta, s, t)
         if rw is None or reweight:
             rw = p.row_weights(a, p.point_weights(a, R))
+            # landmarks no face of the batch observes stay out of every step
+            cols = np.flatnonzero((rw > 0).any(axis=(0, 2)))
+            rw, obs = rw[:, cols], obs_all[:, cols]
+            rs = None
         if rs is None or marched:
-            rs = np.maximum(rows, 0)
+            rs = np.maximum(rows[:, cols], 0)
         if cost is None or marched or reweight:
             cost, pred = map_cost(prep, rs, s, R, t, alpha, beta, obs, rw, lam_id, lam_exp, return_prediction=True)
         prop = joint_gauss_newton_step(prep, rs, s, R, t, alpha, beta, obs, rw, lam_id, lam_exp, damping)
@@ -201,7 +205,7 @@ def gauss_newton_iterations(p: Problem, st: State) -> State:
                 break
             k = ~done
             a, s, R, t, alpha, beta, rows, rs, obs = a[k], s[k], R[k], t[k], alpha[k], beta[k], rows[k], rs[k], obs[k]
-            rw, cost, pred, move_prev, damping = rw[k], cost[k], pred[k], move_prev[k], damping[k]
+            rw, cost, pred, move_prev, damping, obs_all = rw[k], cost[k], pred[k], move_prev[k], damping[k], obs_all[k]
     return st
 
 
