@@ -36,7 +36,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dhm_data.fit import FitConfig, fit, fitting
+from dhm_data.fit import FitConfig, fit, driver, result
 from dhm_data.models.synthetic import load_synthetic_model
 
 H = 450
@@ -76,7 +76,7 @@ def nme3d(pred, gt):
 def accuracy_tables(n, seed):
     model = load_synthetic_model()
     a, b, pose = draw(model, n, seed)
-    gt, _ = fitting.posed_model_landmarks(model, a, b, pose, H)  # silhouette (marched) jaw
+    gt, _ = driver.posed_model_landmarks(model, a, b, pose, H)  # silhouette (marched) jaw
     face_w = np.median(gt[..., 0].max(1) - gt[..., 0].min(1))
     print(f"## Accuracy on synthetic ground truth ({model.name}, K={model.n_identity}, E={model.n_expression}; "
           f"{n} faces, median face width {face_w:.0f} px, image height {H})\n")
@@ -89,9 +89,9 @@ def accuracy_tables(n, seed):
         for noise in (0.0, 1.0, 2.0):
             obs = gt + rng.normal(size=gt.shape) * noise
             t0 = time.perf_counter()
-            r = fit(obs[..., :2], model, obs if use3d else None, FitConfig(), image_height=H)
+            r = fit(obs[..., :2], model, obs if use3d else None, FitConfig(jaw="silhouette"), image_height=H)
             dt = time.perf_counter() - t0
-            e2 = fitting.landmark_nme(r.landmarks, gt)
+            e2 = result.landmark_nme(r.landmarks, gt)
             e3 = nme3d(r.landmarks, gt)
             ang = np.degrees(np.abs(r.pose_para[:, :3] - pose[:, :3]))
             rot = rotation_error_deg(r.pose_para, pose)
@@ -109,7 +109,7 @@ def throughput(n, seed, repeats=3):
     full = load_synthetic_model()
     lm = full.landmark_model()
     a, b, pose = draw(full, n, seed)
-    gt, _ = fitting.posed_model_landmarks(lm, a, b, pose, H, march=False)
+    gt, _ = driver.posed_model_landmarks(lm, a, b, pose, H, march=False)
     obs = gt + np.random.default_rng(seed + 2).normal(size=gt.shape)
     print(f"## Throughput, one core ({lm.n_identity} identity + {lm.n_expression} expression components, "
           f"68 points, {n} faces per call, best of {repeats})\n")
@@ -123,7 +123,7 @@ def throughput(n, seed, repeats=3):
     for name, model, method, use3d, jaw in rows:
         cfg = FitConfig(method=method, jaw=jaw)
         if model is full:
-            g, _ = fitting.posed_model_landmarks(full, a, b, pose, H)
+            g, _ = driver.posed_model_landmarks(full, a, b, pose, H)
             o = g + np.random.default_rng(seed + 2).normal(size=g.shape)
         else:
             g, o = gt, obs
@@ -137,7 +137,7 @@ def throughput(n, seed, repeats=3):
         out[(name, method, use3d)] = fps
         yaw_err = np.degrees(np.abs(r.pose_para[:, 1] - pose[:, 1])).mean()
         print(f"| {name} | {method} | {'2D+3D' if use3d else '2D'} | {fps:,.0f} | {r.iterations.mean():.2f} | "
-              f"{100 * fitting.landmark_nme(r.landmarks, g).mean():.3f} | {yaw_err:.2f} |")
+              f"{100 * result.landmark_nme(r.landmarks, g).mean():.3f} | {yaw_err:.2f} |")
     goal = out[("landmark model (68 rows)", "gauss-newton", False)]
     print(f"\nGoal >= 1,000 fits/s on one core at 199+29 components, 68 points (2D): {goal:,.0f} fits/s "
           f"-> {'met' if goal >= 1000 else 'NOT met'} ({goal / 1000:.2f}x)")

@@ -35,7 +35,9 @@ def test_array_mode_writes_pose_para_and_skips_a_rerun(aflw_arrays, bfm68_dir):
     r = run("--landmarks", d / "lm.npy", "--bfm", bfm68_dir, "--out", out, "--image-height", 450)
     assert r.exit_code == 0, r.output
     assert "fitted 16 faces" in r.output and "16 converged, 0 flagged" in r.output
+    assert "jaw fixed (default: labels taken as projections of fixed 3D landmarks" in r.output
     f = read_fits(out)
+    assert str(f["jaw"]) == "fixed" and f["config"]["jaw"] == "fixed" and "pt3d_68" in str(f["jaw_reason"])
     assert f["pose_para"].shape == (16, 7) and f["shape_para"].shape == (16, 40) and f["exp_para"].shape == (16, 10)
     assert np.degrees(np.abs(f["pose_para"][:, 1] - pose[:, 1])).max() < 1.3  # same figure as test_fitting
     np.testing.assert_array_equal(f["names"], [str(i) for i in range(16)])
@@ -45,6 +47,18 @@ def test_array_mode_writes_pose_para_and_skips_a_rerun(aflw_arrays, bfm68_dir):
     # a changed parameter is a different job: refit
     r = run("--landmarks", d / "lm.npy", "--bfm", bfm68_dir, "--out", out, "--image-height", 450, "--regularisation", 1e-2)
     assert "fitted 16 faces" in r.output and read_fits(out)["config"]["regularisation"] == 1e-2
+    r = run("--landmarks", d / "lm.npy", "--bfm", bfm68_dir, "--out", out, "--image-height", 450, "--jaw", "silhouette")
+    assert "jaw silhouette (--jaw)" in r.output and str(read_fits(out)["jaw_reason"]) == "--jaw"
+
+
+def test_fit_bfm_help_comes_from_fit_config():
+    from dhm_data.fit import FitConfig
+
+    out = " ".join(CliRunner().invoke(main, ["fit-bfm", "--help"], terminal_width=10_000).output.split())
+    for name in ("tolerance", "regularisation", "max_iterations", "max_residual", "method"):
+        assert " ".join(FitConfig.option_help(name).split()) in out
+    assert "[default: 0.003]" in out and "face size" in out and "relative cost change" not in out
+    assert "[default: fixed]" in out
 
 
 def test_array_mode_with_3d_and_flag_listing(aflw_arrays, bfm68_dir):

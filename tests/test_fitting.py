@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dhm_data.errors import FitFileError, FittingError
-from dhm_data.fit import FitConfig, fit, fitting
+from dhm_data.fit import FitConfig, fit, camera_estimation, driver, gauss_newton, linear, model_rows, result
 from dhm_data.fit.result_file import read_fits, write_fits
 from dhm_data.geometry import camera
 from dhm_data.models.morphable import MorphableModel
@@ -19,7 +19,7 @@ def random_model(K=30, E=8, seed=0, unmapped=()):
     units), identity variation ~10% of the face size, flat-ish priors."""
     rng = np.random.default_rng(seed)
     mean = rng.normal(size=(68, 3)) * np.array([7e4, 8e4, 3e4])
-    F = fitting.face_size(mean[None], np.ones((1, 68)))[0]
+    F = camera_estimation.face_size(mean[None], np.ones((1, 68)))[0]
     A = rng.normal(size=(68, 3, K))
     A /= np.linalg.norm(A.reshape(-1, K), axis=0)
     sd = np.geomspace(1, 0.05, K)
@@ -52,14 +52,14 @@ EXACT = FitConfig(regularisation=1e-9, jaw="fixed", max_iterations=30, tolerance
 def test_face_size_hand_computed():
     sq = np.array([[[0.0, 0], [2, 0], [0, 2], [2, 2], [50, 50]]])
     w = np.array([[1.0, 1, 1, 1, 0]])  # the far point has weight 0
-    assert fitting.face_size(sq, w)[0] == pytest.approx(np.sqrt(2))
+    assert camera_estimation.face_size(sq, w)[0] == pytest.approx(np.sqrt(2))
 
 
 def test_hartley_normalisation_centroid_and_scale():
     rng = np.random.default_rng(0)
     P = rng.normal(size=(2, 20, 3)) * 1e5 + 3e6
     w = np.ones((2, 20))
-    n, c, s = fitting.hartley_normalisation(P, w)
+    n, c, s = camera_estimation.hartley_normalisation(P, w)
     np.testing.assert_allclose(n.mean(1), 0, atol=1e-9)
     np.testing.assert_allclose(np.sqrt((n**2).sum(-1).mean(1)), np.sqrt(3), rtol=1e-12)
     np.testing.assert_allclose((P - c[:, None]) * s[:, None, None], n)
@@ -75,7 +75,7 @@ def test_affine_camera_exact_and_ignores_zero_weights():
     w = np.ones((B, N))
     x[:, :5] += 1e4  # outliers, masked out
     w[:, :5] = 0
-    P = fitting.estimate_affine_camera(x, X, w)
+    P = camera_estimation.estimate_affine_camera(x, X, w)
     np.testing.assert_allclose(P[:, :, :3], M, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(P[:, :, 3], m, rtol=1e-6, atol=1e-6)
 
@@ -90,7 +90,7 @@ def test_affine_to_similarity_recovers_scaled_rotation():
     X = rng.normal(size=(B, N, 3)) * 6e4
     x = s[:, None, None] * np.einsum("bij,bnj->bni", R[:, :2], X) + t[:, None]
     w = np.ones((B, N))
-    s2, R2, t2 = fitting.affine_to_similarity(fitting.estimate_affine_camera(x, X, w), x, X, w)
+    s2, R2, t2 = camera_estimation.affine_to_similarity(camera_estimation.estimate_affine_camera(x, X, w), x, X, w)
     np.testing.assert_allclose(R2, R, atol=1e-9)
     np.testing.assert_allclose(s2, s, rtol=1e-9)
     np.testing.assert_allclose(t2, t, atol=1e-6)
@@ -105,26 +105,26 @@ def test_umeyama_exact_and_proper_rotation():
     s, t = rng.uniform(1e-3, 2e-3, B), rng.normal(size=(B, 3)) * 100
     X = rng.normal(size=(B, N, 3)) * 5e4
     Y = s[:, None, None] * np.einsum("bij,bnj->bni", R, X) + t[:, None]
-    s2, R2, t2 = fitting.umeyama_similarity(Y, X, np.ones((B, N)))
+    s2, R2, t2 = camera_estimation.umeyama_similarity(Y, X, np.ones((B, N)))
     np.testing.assert_allclose(R2, R, atol=1e-9)
     np.testing.assert_allclose(s2, s, rtol=1e-9)
     np.testing.assert_allclose(t2, t, atol=1e-6)
     # A mirrored target still yields a proper rotation (det +1), never a reflection.
-    _, R3, _ = fitting.umeyama_similarity(Y * np.array([1, 1, -1]), X, np.ones((B, N)))
+    _, R3, _ = camera_estimation.umeyama_similarity(Y * np.array([1, 1, -1]), X, np.ones((B, N)))
     np.testing.assert_allclose(np.linalg.det(R3), 1.0)
 
 
 def test_rodrigues_quarter_turn_about_z():
-    R = fitting.rodrigues(np.array([[0, 0, np.pi / 2]]))[0]
+    R = gauss_newton.rodrigues(np.array([[0, 0, np.pi / 2]]))[0]
     np.testing.assert_allclose(R @ [1.0, 0, 0], [0, 1, 0], atol=1e-12)
-    np.testing.assert_allclose(fitting.rodrigues(np.zeros((1, 3)))[0], np.eye(3))
+    np.testing.assert_allclose(gauss_newton.rodrigues(np.zeros((1, 3)))[0], np.eye(3))
 
 
 @pytest.mark.parametrize("D", [2, 3])
 def test_dual_identity_solve_equals_primal(D):
     """The push-through (kernel) form gives exactly the Tikhonov normal-equation solution."""
     m = random_model(K=250, E=4, seed=7)  # K > D*N: the dual path
-    prep = fitting._prepare(m)
+    prep = model_rows.prepare(m)
     rng = np.random.default_rng(8)
     B = 3
     rows = np.tile(prep.base_rows, (B, 1))
@@ -132,8 +132,8 @@ def test_dual_identity_solve_equals_primal(D):
     resid = rng.normal(size=(B, 68, D)) * 1e4
     rw = rng.uniform(0.2, 1.0, (B, 68, D))
     rw[:, :7] = 0  # missing points
-    a_dual = fitting.solve_identity_dual(prep, rows, R[:, :D], resid, rw, 1e-3)
-    a_primal = fitting.solve_primal(m.identity_basis, R[:, :D], resid, rw, prep.sigma2, 1e-3, prep.F)
+    a_dual = linear.solve_identity_dual(prep, rows, R[:, :D], resid, rw, 1e-3)
+    a_primal = linear.solve_primal(m.identity_basis, R[:, :D], resid, rw, prep.sigma2, 1e-3, prep.F)
     np.testing.assert_allclose(a_dual, a_primal, rtol=1e-6, atol=1e-9 * np.abs(a_primal).max())
 
 
@@ -142,8 +142,8 @@ def test_converged_mask():
     move = np.array([0.5, 1e-3, 1e-2, 1e-6, 2e-3])
     prev = np.array([np.inf, 1e-2, 1.1e-2, np.inf, 4e-3])
     # est: -, 1e-3*0.1/0.9=1.1e-4, 1e-2*0.909/0.091=0.1, negligible, 2e-3*0.5/0.5=2e-3
-    assert fitting.converged_mask(move, prev, 3e-3).tolist() == [False, True, False, True, True]
-    assert fitting.converged_mask(move, prev, 1e-3).tolist() == [False, True, False, True, False]
+    assert gauss_newton.converged_mask(move, prev, 3e-3).tolist() == [False, True, False, True, True]
+    assert gauss_newton.converged_mask(move, prev, 1e-3).tolist() == [False, True, False, True, False]
 
 
 # ----------------------------------------------------------------- the fit
@@ -284,7 +284,7 @@ def test_landmark_marching_picks_the_silhouette_vertex():
 
     m = load_synthetic_model()
     pose = np.array([[0.0, np.radians(60), 0.0, 225, 225, 0, 1.5e-3]])
-    P, verts = fitting.posed_model_landmarks(m, np.zeros((1, 199)), np.zeros((1, 29)), pose, 450)
+    P, verts = driver.posed_model_landmarks(m, np.zeros((1, 199)), np.zeros((1, 29)), pose, 450)
     _, R, _ = camera.pose_para_to_srt(pose)
     x = (m.mean @ R[0].T)[:, 0]
     for j, line in enumerate(m.contour_candidates):
@@ -293,7 +293,7 @@ def test_landmark_marching_picks_the_silhouette_vertex():
             assert verts[0, j] == line[np.argmin(x[line])]
         elif j > 8:
             assert verts[0, j] == line[np.argmax(x[line])]
-    P0, v0 = fitting.posed_model_landmarks(m, np.zeros((1, 199)), np.zeros((1, 29)), pose, 450, march=False)
+    P0, v0 = driver.posed_model_landmarks(m, np.zeros((1, 199)), np.zeros((1, 29)), pose, 450, march=False)
     assert (v0[0] == m.landmark_indices).all()
     assert (verts[0, 17:] == m.landmark_indices[17:]).all() and (verts[0, :17] != v0[0, :17]).any()
 
@@ -311,13 +311,13 @@ def test_synthetic_silhouette_fit_with_marching():
     yaw = np.radians(rng.uniform(0, 90, B)) * rng.choice([-1, 1], B)
     pose = np.column_stack([rng.normal(0, 0.15, B), yaw, rng.normal(0, 0.1, B), np.full(B, 225.0), np.full(B, 225.0),
                             np.zeros(B), np.full(B, 1.5e-3)])
-    P, _ = fitting.posed_model_landmarks(m, a, b, pose, 450)
+    P, _ = driver.posed_model_landmarks(m, a, b, pose, 450)
     lm = P[..., :2] + rng.normal(size=(B, 68, 2))
-    r = fit(lm, m, image_height=450)
+    r = fit(lm, m, image_height=450, config=FitConfig(jaw="silhouette"))
     r_fixed = fit(lm, m, image_height=450, config=FitConfig(jaw="fixed"))
     yaw_err = np.degrees(np.abs(r.pose_para[:, 1] - yaw))
     yaw_err_fixed = np.degrees(np.abs(r_fixed.pose_para[:, 1] - yaw))
-    nme = fitting.landmark_nme(r.landmarks, P)
+    nme = result.landmark_nme(r.landmarks, P)
     # measured (seed 21): mean yaw error ~1.3 deg marching vs ~3.7 fixed; NME ~0.6%
     assert yaw_err.mean() < 2.0 and yaw_err_fixed.mean() > 2 * yaw_err.mean()
     assert nme.mean() < 0.008
@@ -350,7 +350,7 @@ def test_aflw2000_reference_samples(bfm68_dir, aflw_samples_dir, with_3d, yaw_ma
     pts, pose = _aflw(aflw_samples_dir)
     r = fit(pts[..., :2], m, pts if with_3d else None, image_height=450)
     yaw_err = np.degrees(np.abs(r.pose_para[:, 1] - pose[:, 1]))
-    nme = fitting.landmark_nme(r.landmarks, pts)
+    nme = result.landmark_nme(r.landmarks, pts)
     assert r.converged.all() and not r.flagged.any()
     assert yaw_err.max() < yaw_max and yaw_err.mean() < yaw_mean
     assert nme.max() < nme_max and nme.mean() < nme_mean
@@ -424,7 +424,7 @@ def test_surrey_face_model_fixed_correspondences(sfm_dir):
     yaw = np.radians(rng.uniform(-70, 70, B))
     pose = np.column_stack([rng.normal(0, 0.1, B), yaw, rng.normal(0, 0.08, B), np.full(B, 225.0), np.full(B, 225.0),
                             np.zeros(B), np.full(B, 1.0)])
-    P, _ = fitting.posed_model_landmarks(m, a, b, pose, 450, march=False)
+    P, _ = driver.posed_model_landmarks(m, a, b, pose, 450, march=False)
     r = fit(P[..., :2], m, config=FitConfig(jaw="fixed", regularisation=1e-7, tolerance=1e-9, max_iterations=50),
             image_height=450)
     mapped = m.landmark_indices >= 0
@@ -433,3 +433,70 @@ def test_surrey_face_model_fixed_correspondences(sfm_dir):
     # measured: max yaw error 0.08 deg (the prior, even this weak, trades a little pose for shape)
     assert np.degrees(np.abs(r.pose_para[:, 1] - yaw)).max() < 0.15
     assert r.residual_px.max() < 0.05
+
+
+# ------------------------------------------------------- config and the jaw rule
+def test_from_mapping_checks_names_types_and_values():
+    c = FitConfig.from_mapping({"tolerance": 1, "jaw": "silhouette", "expression_regularisation": None})
+    assert c.tolerance == 1.0 and isinstance(c.tolerance, float) and c.jaw == "silhouette"
+    assert FitConfig.from_mapping({}) == FitConfig()
+    with pytest.raises(FittingError, match=r"pipelines/x.toml \[fit\]: unknown fitting options \['tolerence'\]"):
+        FitConfig.from_mapping({"tolerence": 0.1}, origin="pipelines/x.toml [fit]")
+    with pytest.raises(FittingError, match="'max_iterations' must be int, got 2.5"):
+        FitConfig.from_mapping({"max_iterations": 2.5})
+    with pytest.raises(FittingError, match="'far_jaw_cos_yaw' must be bool, got 1"):
+        FitConfig.from_mapping({"far_jaw_cos_yaw": 1})
+    with pytest.raises(FittingError, match="'tolerance' must be float, got 'low'"):
+        FitConfig.from_mapping({"tolerance": "low"})
+    with pytest.raises(FittingError, match=r"\[fit\]: FitConfig.jaw must be 'silhouette' or 'fixed', got 'auto'"):
+        FitConfig.from_mapping({"jaw": "auto"})
+    with pytest.raises(FittingError, match="max_iterations must be >= 1, got 0"):
+        FitConfig.from_mapping({"max_iterations": 0})
+
+
+def test_option_help_states_the_real_default():
+    from dataclasses import fields
+
+    for f in fields(FitConfig):
+        h = FitConfig.option_help(f.name)
+        assert h.endswith(f"[default: {f.default}].")
+    assert "face size" in FitConfig.option_help("tolerance") and "0.003" in FitConfig.option_help("tolerance")
+
+
+def test_jaw_for_labels():
+    from dhm_data.fit import jaw_for_labels
+
+    for fixed in ("pt3d_68", "landmarks/pts_3d", "landmarks/pts_3d (mirrored)", "t7", "LS3D-W re-annotation (t7)"):
+        assert jaw_for_labels(fixed) == "fixed"
+    for contour in ("pt2d", "pt2d (mirrored)", "landmarks/pts_2d"):
+        assert jaw_for_labels(contour) == "silhouette"
+    assert jaw_for_labels("something else") == FitConfig().jaw
+
+
+def test_march_jaw_hand_case():
+    from dhm_data.geometry.contour import march_jaw
+
+    line = np.array([[[0.0, 0.0], [-2.0, 1.0], [3.0, -1.0]]])  # (B=1, L=3, 2)
+    lines = [line] * 17
+    k = march_jaw(lines)
+    assert (k[0, :8] == 1).all() and k[0, 8] == 2 and (k[0, 9:] == 2).all()  # min x, lowest y, max x
+    shared = np.ones(17, bool)
+    obs = np.zeros((1, 17, 2))
+    obs[0, 3] = [2.9, -0.8]
+    valid = np.zeros((1, 17), bool)
+    valid[0, 3] = True
+    k = march_jaw(lines, shared, obs, valid)
+    assert k[0, 3] == 2 and k[0, 2] == 1  # nearest where observed, else the extreme rule
+
+
+def test_synth_and_fit_march_the_same_vertices():
+    from dhm_data.models.synthetic import load_synthetic_model
+    from dhm_data.synth import march_landmarks
+
+    m = load_synthetic_model()
+    rng = np.random.default_rng(3)
+    for yaw in (-70, -20, 0, 35, 80):
+        a = rng.normal(size=m.n_identity) * m.identity_std
+        pose = np.array([0.1, np.radians(yaw), -0.05, 225, 225, 0, 1.5e-3])
+        _, v = driver.posed_model_landmarks(m, a[None], np.zeros((1, m.n_expression)), pose[None], 450)
+        np.testing.assert_array_equal(v[0], march_landmarks(m, m.reconstruct(a), pose))

@@ -10,21 +10,19 @@ from pathlib import Path
 import click
 import numpy as np
 
+from dhm_data.fit.config import JAW_MODES, METHODS, FitConfig
+
 #: flagged fits printed to the console before "... and N more"
 _SHOW_FLAGGED = 30
 
 
-def _config(regularisation, max_iterations, tolerance, max_residual, jaw, method, pipeline_fit=None):
+def _config(options: dict) -> FitConfig:
+    """The config of the given command options (``None`` = not given) over
+    the defaults, checked by :meth:`FitConfig.from_mapping`."""
     from dhm_data.errors import FittingError
-    from dhm_data.fit import FitConfig
 
-    kw = {k: v for k, v in (pipeline_fit or {}).items() if k in FitConfig.__dataclass_fields__}
-    for k, v in (("regularisation", regularisation), ("max_iterations", max_iterations), ("tolerance", tolerance),
-                 ("max_residual", max_residual), ("jaw", jaw), ("method", method)):
-        if v is not None:
-            kw[k] = v
     try:
-        return FitConfig(**kw)
+        return FitConfig.from_mapping({k: v for k, v in options.items() if v is not None}, origin="fit-bfm options")
     except FittingError as e:
         raise click.BadParameter(str(e)) from e
 
@@ -101,16 +99,14 @@ def _fingerprint(*arrays, params=None) -> str:
 @click.option("--image-height", default=None, help="Image height in pixels, or a .npy of B heights (--landmarks mode).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="--landmarks mode: the .npz to write. DATASET mode: the build folder [default: out/DATASET].")
-@click.option("--regularisation", type=float, default=None, help="Prior weight (face-size normalised) [default: 1e-3].")
-@click.option("--max-iterations", type=int, default=None, help="Iterations at most [default: 10].")
-@click.option("--tolerance", type=float, default=None, help="Relative cost change that counts as converged [default: 0.02].")
-@click.option("--max-residual", type=float, default=None, help="Flag fits whose NME is above this [default: 0.05].")
-@click.option("--jaw", type=click.Choice(["silhouette", "fixed"]), default=None,
-              help="Jaw labels follow the silhouette (marching / down-weighting) or fixed 3D vertices "
-                   "[default: the pipeline's [fit] jaw in DATASET mode (ls3dw: fixed), else silhouette]. DATASET mode fits "
-                   "the 68-row landmark model, which has no contour lines: silhouette there means the down-weighting fallback.")
-@click.option("--method", type=click.Choice(["gauss-newton", "alternating"]), default=None,
-              help="Joint Gauss-Newton or eos-style alternation [default: gauss-newton].")
+@click.option("--regularisation", type=float, default=None, help=FitConfig.option_help("regularisation"))
+@click.option("--max-iterations", type=int, default=None, help=FitConfig.option_help("max_iterations"))
+@click.option("--tolerance", type=float, default=None, help=FitConfig.option_help("tolerance"))
+@click.option("--max-residual", type=float, default=None, help=FitConfig.option_help("max_residual"))
+@click.option("--jaw", type=click.Choice(JAW_MODES), default=None,
+              help=FitConfig.option_help("jaw") + " DATASET mode: the pipeline's [fit] jaw if it sets one "
+                   "(ls3dw: fixed). The mode used is recorded in the fit output (keys 'jaw', 'jaw_reason').")
+@click.option("--method", type=click.Choice(METHODS), default=None, help=FitConfig.option_help("method"))
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, help="DATASET mode: worker processes, one shard each.")
 @click.option("--backend", default="loky", help="DATASET mode: joblib backend.")
 @click.option("--force", is_flag=True, help="--landmarks mode: refit even if OUT holds a fit of the same input.")
@@ -150,7 +146,11 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
         if l3 is not None and len(l3) != len(lm):
             raise click.ClickException(f"{landmarks_3d}: {len(l3)} rows of 3D landmarks for {len(lm)} rows in {landmarks}")
         h = _heights(image_height, len(lm))
-        config = _config(regularisation, max_iterations, tolerance, max_residual, jaw, method)
+        config = _config({"regularisation": regularisation, "max_iterations": max_iterations, "tolerance": tolerance,
+                          "max_residual": max_residual, "jaw": jaw, "method": method})
+        jaw_reason = ("--jaw" if jaw is not None else
+                      "default: labels taken as projections of fixed 3D landmarks (AFLW2000-3D pt3d_68, 300W-LP "
+                      "pts_3d, LS3D-W); --jaw silhouette for contour-following labels (300W-LP pt2d / pts_2d)")
         try:
             model = load_model(bfm)
         except ModelFileError as e:
@@ -168,11 +168,13 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
             result = fit(lm, model, l3, config, image_height=h)
         except FittingError as e:
             raise click.ClickException(str(e)) from e
-        write_fits(out, None, result, h, model_name=model.name, used_3d=l3 is not None, extra={"input_fingerprint": fp})
+        write_fits(out, None, result, h, model_name=model.name, used_3d=l3 is not None,
+                   extra={"input_fingerprint": fp}, jaw_reason=jaw_reason)
         fits = read_fits(out)
         n = len(result)
-        click.echo(f"{out}: fitted {n} faces with {model.name} ({int(result.converged.sum())} converged, "
-                   f"{int(result.flagged.sum())} flagged), median NME {np.nanmedian(result.residual):.4f}")
+        click.echo(f"{out}: fitted {n} faces with {model.name}, jaw {config.jaw} ({jaw_reason}): "
+                   f"{int(result.converged.sum())} converged, {int(result.flagged.sum())} flagged, "
+                   f"median NME {np.nanmedian(result.residual):.4f}")
         _report_flagged(flagged_table(fits), config.max_residual, echo)
         return
     _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,

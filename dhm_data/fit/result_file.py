@@ -28,8 +28,11 @@ key                    shape, dtype  meaning
 ``image_height``       (B,) f8       image heights used (``ty`` depends on them)
 ``max_residual``       () f8         the flagging limit
 ``model``              () str        model name
-``config``             () str        JSON of the :class:`~dhm_data.fit.fitting.FitConfig`
+``config``             () str        JSON of the :class:`~dhm_data.fit.config.FitConfig`
 ``used_3d``            () bool       3D landmark estimates were used
+``jaw``                () str        the jaw mode of the fit (``fixed`` / ``silhouette``;
+                                     absent in files written before it was recorded)
+``jaw_reason``         () str        why that mode (the option, or the default's reason)
 =====================  ============  =============================================
 
 A NaN row of ``pose_para`` means the image was not fitted (flagged).
@@ -53,14 +56,15 @@ __all__ = ["FORMAT", "FitFileError", "write_fits", "read_fits", "flagged_table"]
 
 
 def write_fits(path, names, result, image_height=None, model_name: str = "", used_3d: bool = False,
-               extra: dict | None = None) -> Path:
-    """Write a :class:`~dhm_data.fit.fitting.FitResult` to ``path`` (``.npz``) atomically.
+               extra: dict | None = None, jaw_reason: str = "") -> Path:
+    """Write a :class:`~dhm_data.fit.result.FitResult` to ``path`` (``.npz``) atomically.
 
     ``names`` ``(B,)`` sample names (``None``: ``"0".."B-1"``); ``result``
     ``None`` with no names writes a valid empty file (a shard whose samples
     were all rejected).  ``image_height`` scalar or ``(B,)`` pixels (``None``:
     the heights the fit recorded, if any).  ``extra``: more arrays to store
-    (e.g. ``input_fingerprint``), names must not clash.  Returns the path.
+    (e.g. ``input_fingerprint``), names must not clash.  ``jaw_reason``: why
+    the fit used its jaw mode (stored beside ``jaw``).  Returns the path.
     """
     path = Path(path)
     if result is None:
@@ -92,6 +96,8 @@ def write_fits(path, names, result, image_height=None, model_name: str = "", use
         model=np.asarray(model_name),
         config=np.asarray(json.dumps(config, sort_keys=True, default=str)),
         used_3d=np.asarray(bool(used_3d)),
+        jaw=np.asarray(str(config.get("jaw", ""))),
+        jaw_reason=np.asarray(str(jaw_reason)),
     )
     for k, v in (extra or {}).items():
         if k in arrays:

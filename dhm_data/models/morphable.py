@@ -127,31 +127,45 @@ class MorphableModel:
             h.update(np.ascontiguousarray(a, np.float64).tobytes())
         return h.hexdigest()[:16]
 
-    def landmark_model(self) -> "MorphableModel":
+    def landmark_model(self, contour: bool = False) -> "MorphableModel":
         """The 68-row sub-model (vertex ``i`` = landmark ``i``).
 
         Unmapped landmarks get NaN rows and index -1, so they propagate as
-        missing.  Contour candidates and triangles do not survive (they index
-        full-model vertices); keep the full model where marching is needed.
+        missing.  Triangles do not survive.  With ``contour`` and a model
+        that has ``contour_candidates``, the candidate vertices are kept as
+        rows after the 68 (sorted by full-model vertex) and the lines
+        re-indexed to them, so a fit can march the jaw exactly as with the
+        full model (same rows, same arithmetic); otherwise contour candidates
+        are dropped.
         """
         li = self.landmark_indices
         ok = li >= 0
         take = np.where(ok, li, 0)
+        keep = contour and self.contour_candidates is not None
+        extra = (np.unique(np.concatenate([np.asarray(c, np.int64).ravel() for c in self.contour_candidates]))
+                 if keep else np.zeros(0, np.int64))
 
         def rows(a):
             out = np.array(a[take], np.float64)
             out[~ok] = np.nan
-            return out
+            return np.concatenate([out, np.asarray(a[extra], np.float64)]) if keep else out
 
+        lines = None
+        if keep:
+            pos = np.full(self.n_vertices, -1, np.int64)
+            pos[extra] = N_LANDMARKS + np.arange(len(extra))
+            lines = tuple(pos[np.asarray(c, np.int64).ravel()] for c in self.contour_candidates)
+        suffix = " [68 landmarks + contour]" if keep else " [68 landmarks]"
+        base = self.name.split(" [68 landmarks")[0]
         return replace(
             self,
-            name=self.name if self.name.endswith("[68 landmarks]") else f"{self.name} [68 landmarks]",
+            name=base + suffix,
             mean=rows(self.mean),
             identity_basis=rows(self.identity_basis),
             expression_basis=rows(self.expression_basis),
             landmark_indices=np.where(ok, np.arange(N_LANDMARKS), -1),
             triangles=None,
-            contour_candidates=None,
+            contour_candidates=lines,
         )
 
     def truncated(self, n_identity: int | None = None, n_expression: int | None = None) -> "MorphableModel":

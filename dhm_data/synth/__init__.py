@@ -38,6 +38,7 @@ import scipy.io
 
 from dhm_data.errors import SynthError
 from dhm_data.geometry import camera
+from dhm_data.geometry.contour import march_jaw
 from dhm_data.models.morphable import MorphableModel
 
 GENERATOR_VERSION = 1
@@ -57,13 +58,9 @@ __all__ = ["synthesize", "SynthError", "DATASETS", "MARKER", "TRUTH", "march_lan
 # ------------------------------------------------------------------ geometry
 def march_landmarks(model: MorphableModel, shape: np.ndarray, pose_para: np.ndarray) -> np.ndarray:
     """Landmark vertex indices ``(68,)`` with the 17 jaw points marched to the
-    visible silhouette ("landmark marching", CONVENTIONS.md section 4).
-
-    Jaw landmark i slides along its contour-candidate line to the vertex with
-    the smallest posed x (``R @ S``, full rotation) for i < 8 (image-left),
-    the largest for i > 8, the lowest (smallest posed y, model y up) for the
-    chin line 8 -- the rule of :func:`dhm_data.fit.fitting.march_contour`, so a
-    fit reproduces these labels.  The inner 51 points keep their fixed
+    visible silhouette for ``pose_para`` (the one rule,
+    :func:`dhm_data.geometry.contour.march_jaw`, which the fitter uses too, so
+    a fit reproduces these labels).  The inner 51 points keep their fixed
     vertex.  ``shape`` is the ``(V, 3)`` reconstructed shape; returns the
     fixed indices when the model has no contour candidates.
     """
@@ -71,17 +68,11 @@ def march_landmarks(model: MorphableModel, shape: np.ndarray, pose_para: np.ndar
     if model.contour_candidates is None:
         return idx
     _, R, _ = camera.pose_para_to_srt(pose_para)
-    for i, line in enumerate(model.contour_candidates):
-        line = np.asarray(line, np.int64)
-        if line.size == 0:
-            continue
-        posed = shape[line] @ R[:2].T
-        if i < 8:
-            idx[i] = line[np.argmin(posed[:, 0])]
-        elif i > 8:
-            idx[i] = line[np.argmax(posed[:, 0])]
-        else:
-            idx[i] = line[np.argmin(posed[:, 1])]
+    lines = [np.asarray(line, np.int64).ravel() for line in model.contour_candidates]
+    k = march_jaw([(shape[line if line.size else idx[j:j + 1]] @ R[:2].T)[None] for j, line in enumerate(lines)])[0]
+    for j, line in enumerate(lines):
+        if line.size:  # an empty line keeps the fixed vertex
+            idx[j] = line[k[j]]
     return idx
 
 
