@@ -55,7 +55,7 @@ class PredictionError(EvaluationError):
 
 
 class FittingError(InputError):
-    """Bad input to :func:`~dhm_data.fit.fitting.fit` (wrong shapes,
+    """Bad input to :func:`~dhm_data.fit.fit` (wrong shapes,
     inconsistent model), naming the argument, what was expected and what was found."""
 
 

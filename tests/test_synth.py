@@ -346,7 +346,7 @@ def test_aflw_pt3d_agrees_with_the_fitting_module(aflw_tree, model):
     try:
         from dhm_data.fit import posed_model_landmarks
     except ImportError as e:  # pragma: no cover - fitting module absent in a partial checkout
-        pytest.skip(f"dhm_data.fit.fitting not available: {e}")
+        pytest.skip(f"dhm_data.fit not available: {e}")
     mats = [scipy.io.loadmat(f, mat_dtype=True) for f in sorted((aflw_tree / "AFLW2000").glob("*.mat"))]
     a = np.stack([m["Shape_Para"].ravel() for m in mats])
     b = np.stack([m["Exp_Para"].ravel() for m in mats])

@@ -4,7 +4,7 @@ Same shape as :mod:`dhm_data.build.prepare_stage`: :func:`fit_units`, the
 worker :func:`fit_shard` and :func:`summarise`.  One unit per shard of
 samples (the same chunks the prepare stage uses): read
 the 2D landmarks (and optional 3D landmark estimates), run the batched
-:func:`dhm_data.fit.fitting.fit` once for the whole shard, and write
+:func:`dhm_data.fit.fit` once for the whole shard, and write
 ``fits/<split>/shard-NNNNN.npz`` (:mod:`dhm_data.fit.result_file`).  The prepare stage
 then takes pose / identity / expression from it and flags each sample as
 ``label_source = "fitted"`` with its residual and convergence.
@@ -13,7 +13,7 @@ then takes pose / identity / expression from it and flags each sample as
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from dhm_data.build.manifests import shard_chunks
 from dhm_data.build.runner import Unit, fingerprint
 from dhm_data.datasets.base import DatasetReader
 from dhm_data.errors import DatasetError
-from dhm_data.fit import FitConfig, fit
+from dhm_data.fit import FitConfig, fit, jaw_for_labels
 from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
 from dhm_data.models.morphable import MorphableModel
 
@@ -58,10 +58,11 @@ class FitJob:
 
     reader: DatasetReader
     items: tuple
-    model: MorphableModel  # the 68-row landmark model
+    model: MorphableModel  # the 68-row landmark model (with the contour vertices where the model has them)
     config: FitConfig
     out: Path
     landmarks_3d: dict
+    jaw_from_labels: bool = True  # [fit] names no jaw mode: take it from the kind of label the samples carry
 
 
 def fit_units(layout, pipeline, reader, lm_model, splits, landmarks_3d: dict | None = None) -> list[Unit]:
@@ -77,14 +78,15 @@ def fit_units(layout, pipeline, reader, lm_model, splits, landmarks_3d: dict | N
             inputs = tuple(p for it in chunk for p in it.paths)
             fp = fingerprint(params, inputs, arrays=[np.ascontiguousarray(l3[k], np.float64) for k in sorted(l3)])
             units.append(Unit("fit", f"{split}/{layout.shard_name(i)}", fp, [out],
-                              FitJob(reader, tuple(chunk), lm_model, pipeline.fit, out, l3), n=len(chunk),
+                              FitJob(reader, tuple(chunk), lm_model, pipeline.fit, out, l3,
+                                     jaw_from_labels="jaw" not in pipeline.fit_kwargs), n=len(chunk),
                               meta={"key": (split, i)}, inputs=inputs))
     return units
 
 
 def fit_shard(job: FitJob) -> dict:
     """Worker: fit every sample of one shard in one batched solve."""
-    names, lm2, lm3, heights, rejections = [], [], [], [], []
+    names, lm2, lm3, heights, rejections, sources = [], [], [], [], [], []
     for item in job.items:
         try:
             s = job.reader.load(item)
@@ -95,11 +97,20 @@ def fit_shard(job: FitJob) -> dict:
         lm2.append(s.landmarks_2d)
         lm3.append(job.landmarks_3d.get(item.name, np.full((68, 3), np.nan)))
         heights.append(s.image_size[0])
+        sources.append(s.landmark_source)
     if names:
         l3 = np.stack(lm3) if job.landmarks_3d else None
-        result = fit(np.stack(lm2), job.model, l3, job.config, image_height=np.array(heights))
+        config, reason = job.config, "the pipeline's [fit] jaw"
+        if job.jaw_from_labels:
+            jaws = {jaw_for_labels(src, job.config.jaw) for src in sources}
+            if len(jaws) == 1:
+                config = replace(config, jaw=jaws.pop())
+                reason = f"the labels are {sorted(set(sources))[0]!r}"
+            else:  # a shard mixing label kinds (never seen): the configured default for all
+                reason = f"mixed label kinds {sorted(set(sources))}: the default"
+        result = fit(np.stack(lm2), job.model, l3, config, image_height=np.array(heights))
         write_fits(job.out, names, result, image_height=np.array(heights), model_name=job.model.name,
-                   used_3d=bool(job.landmarks_3d))
+                   used_3d=bool(job.landmarks_3d), jaw_reason=reason)
         n_conv = int(np.sum(result.converged))
     else:
         write_fits(job.out, [], None)

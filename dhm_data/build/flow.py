@@ -138,7 +138,7 @@ def run_build(req: BuildRequest, echo=print) -> dict:
             if reused:
                 echo(f"using the fit settings of the earlier `dhm-data fit-bfm` run ({layout.fit_summary})")
                 p = replace(p, pipeline=pipeline)
-            fits, fit_summary = _run_fit_units(layout, p, lm_model, l3_path, req)
+            fits, fit_summary = _run_fit_units(layout, p, p.model.landmark_model(contour=True), l3_path, req)
         units = prepare_stage.prepare_units(layout, p.pipeline, p.reader, lm_model, p.splits, fits, p.model.name,
                                             req.strict)
         results = run_units(layout, units, prepare_stage.prepare_shard, jobs=req.jobs, backend=req.backend,
@@ -167,7 +167,7 @@ def run_fit(req: BuildRequest, echo=print) -> dict:
         claim_folder(layout, p.pipeline, req.force)
         layout.fit_summary.unlink(missing_ok=True)
         _record_plan(layout, p.splits, lm_model)
-        _, summary = _run_fit_units(layout, p, lm_model, req.landmarks_3d, req)
+        _, summary = _run_fit_units(layout, p, p.model.landmark_model(contour=True), req.landmarks_3d, req)
         atomic.write_json(layout.fit_summary, summary)
     return summary
 
