@@ -1,96 +1,146 @@
-"""Build throughput against the physical floor (decoding the same JPEGs).
+"""Build time against the physical floor (decoding the same JPEGs), cold and warm.
 
-    python benchmarks/build.py [-n 2000] [--work /tmp/dhm-bench-build]
+    python benchmarks/build.py [--root RAW --bfm MODEL --pipeline aflw2000] [-n 1000]
+                               [--baseline SRC] [--repeat 3] [--work /tmp/dhm-bench-build]
 
-Generates a synthetic 300W-LP tree of N non-flipped samples (2N images with
-the mirrors), builds it with 1 and 2 processes, times a bare decode of every
-source JPEG with as many processes right before and right after each build,
-and prints samples/s and the ratio build time / decode time (goal: under 1.5
-for one process).  Figures vary with the machine; the ratio
-measured in one run is what to compare.
+Without ``--root``: a synthetic 300W-LP tree of N non-flipped samples (2N
+images).  With ``--root``/``--bfm``: that dataset (e.g. the 1,000 real
+AFLW2000-3D images of ../shared/reference/aflw2000-3d-1000 with bfm68).
+
+Per round, interleaved so that the machine's drift hits every row alike:
+
+* **cold command**: ``dhm-data build NAME -j N`` as a new process (new
+  interpreter, new workers, empty output folder), wall time from the shell's
+  point of view, for N = 1 and 2;
+* **in-process**: ``run_build`` in an already started interpreter (imports
+  done), for N = 1;
+* the decode-only floor: ``cv2.imdecode`` of every source JPEG, one process.
+
+``--baseline SRC`` adds the same rows for another source tree of dhm-data
+(e.g. ``git archive 4bf35b0 | tar -x -C /tmp/base``), run with
+``PYTHONPATH=SRC`` from a neutral folder: before and after in one run.
+Medians over ``--repeat`` rounds; the ratios are what to compare (other
+processes on the machine move the absolute figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-from _trees import synthetic_300wlp
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent
 
+IN_PROCESS = """
+import json, sys, time
+from pathlib import Path
 from dhm_data.build.flow import BuildRequest, run_build
-from dhm_data.build.runner import keep_freed_memory
+a = json.loads(sys.argv[1])
+req = dict(pipeline=a["pipeline"], root=Path(a["root"]), out=Path(a["out"]), jobs=1, progress=False)
+if a["bfm"]:
+    req["bfm"] = Path(a["bfm"])
+run_build(BuildRequest(**dict(req, out=Path(a["out"] + "-warm"), limit=8)), echo=lambda m: None)  # imports, caches
+t = time.perf_counter()
+s = run_build(BuildRequest(**req), echo=lambda m: None)
+print(json.dumps({"seconds": time.perf_counter() - t, "written": sum(s["written"].values())}))
+"""
+
+DECODE = """
+import sys, time, cv2, numpy as np
+from pathlib import Path
+cv2.setNumThreads(1)
+paths = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+for p in paths[:100]:
+    cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
+t = time.perf_counter()
+for p in paths:
+    cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
+print(time.perf_counter() - t, len(paths))
+"""
 
 
-def decode_all(paths, flags=cv2.IMREAD_COLOR):
+def _env(src: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(src)
+    return env
+
+
+def cold(src: Path, args, out: Path, jobs: int) -> float:
+    """Wall seconds of a new ``dhm-data build`` process (from ``src``)."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-c", "from dhm_data.cli import main; main()", "build", args.pipeline,
+           "--root", str(args.root), "--out", str(out), "-j", str(jobs), "--quiet"]
+    if args.bfm:
+        cmd += ["--bfm", str(args.bfm)]
     t = time.perf_counter()
-    for p in paths:
-        cv2.imdecode(np.fromfile(p, np.uint8), flags)
+    subprocess.run(cmd, check=True, capture_output=True, cwd="/", env=_env(src))
     return time.perf_counter() - t
 
 
-def _decode_part(paths):
-    cv2.setNumThreads(1)
-    keep_freed_memory()  # the floor decodes with the allocator setting the build's workers use
-    return decode_all(paths)
+def warm(src: Path, args, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(str(out) + "-warm", ignore_errors=True)
+    a = {"pipeline": args.pipeline, "root": str(args.root), "out": str(out), "bfm": str(args.bfm or "")}
+    r = subprocess.run([sys.executable, "-c", IN_PROCESS, json.dumps(a)], check=True, capture_output=True,
+                       text=True, cwd="/", env=_env(src))
+    return json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def decode_all_parallel(paths, jobs):
-    """Wall time of decoding ``paths`` split over ``jobs`` processes (pool
-    started before the clock)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(jobs) as pool:
-        list(pool.map(_decode_part, [paths[:8]] * jobs))  # start and warm the workers
-        t = time.perf_counter()
-        list(pool.map(_decode_part, [paths[i::jobs] for i in range(jobs)]))
-        return time.perf_counter() - t
+def decode_floor(root: Path) -> tuple[float, int]:
+    r = subprocess.run([sys.executable, "-c", DECODE, str(root)], check=True, capture_output=True, text=True,
+                       cwd="/")
+    t, n = r.stdout.split()
+    return float(t), int(n)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", type=int, default=1000, help="non-flipped samples (the tree holds 2N images)")
+    ap.add_argument("--root", type=Path, help="raw dataset (default: a synthetic 300W-LP tree)")
+    ap.add_argument("--bfm", type=Path, help="model for real data")
+    ap.add_argument("--pipeline", default=None, help="pipeline (default: aflw2000 with --root, else 300wlp)")
+    ap.add_argument("-n", type=int, default=1000, help="synthetic: non-flipped samples (the tree holds 2N)")
+    ap.add_argument("--baseline", type=Path, help="another dhm-data source tree to time beside this one")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("/tmp/dhm-bench-build"))
-    ap.add_argument("--repeat", type=int, default=3, help="builds per process count (the median ratio is reported)")
     args = ap.parse_args()
-    cv2.setNumThreads(1)
-    keep_freed_memory()  # as the build's workers do: without it a decode maps fresh pages per image
-    raw = synthetic_300wlp(args.work / "raw", args.n)
-    jpgs = sorted(raw.rglob("*.jpg"))
-    n = len(jpgs)
-    decode_all(jpgs[:200])  # warm the page cache and the decoder
-    print(f"images: {n}   (each build is bracketed by decode-only runs at the same parallelism: this")
-    print("machine's speed drifts, and the ratio is taken against the mean of the two)")
+    if args.root is None:
+        sys.path.insert(0, str(HERE))
+        from _trees import synthetic_300wlp
 
-    def floor(jobs):
-        return decode_all(jpgs) if jobs == 1 else decode_all_parallel(jpgs, jobs)
-
-    ratios = {}
-    for jobs in (1, 2):
-        for rep in range(args.repeat):
-            out = args.work / f"out-{jobs}"
-            shutil.rmtree(out, ignore_errors=True)
-            before = floor(jobs)
-            t = time.perf_counter()
-            s = run_build(BuildRequest("300wlp", raw, out, None, jobs=jobs, progress=False), echo=lambda m: None)
-            dt = time.perf_counter() - t
-            after = floor(jobs)
-            written = sum(s["written"].values())
-            ratios.setdefault(jobs, []).append((dt / ((before + after) / 2), written / dt))
-            print(f"{jobs} process(es), run {rep + 1}: decode only {n / before:6.0f} / {n / after:6.0f} images/s "
-                  f"(before / after);  build {written / dt:6.0f} samples/s ({written} written, {s['rejected']} "
-                  f"rejected, {dt:.2f} s);  ratio build / decode-only {ratios[jobs][-1][0]:.2f}")
-    for jobs, rs in ratios.items():
-        r = sorted(x for x, _ in rs)
-        speed = sorted(v for _, v in rs)
-        print(f"{jobs} process(es): median ratio build / decode-only {r[len(r) // 2]:.2f} (range {r[0]:.2f}-{r[-1]:.2f}), "
-              f"median build {speed[len(speed) // 2]:.0f} samples/s" + ("   (goal < 1.5)" if jobs == 1 else ""))
-    s1 = sorted(v for _, v in ratios[1])
-    s2 = sorted(v for _, v in ratios[2])
-    print(f"scaling of the build, 2 processes vs 1 (medians): {s2[len(s2) // 2] / s1[len(s1) // 2]:.2f}x")
+        args.root = synthetic_300wlp(args.work / "raw", args.n)
+    args.pipeline = args.pipeline or ("300wlp" if args.bfm is None else "aflw2000")
+    trees = {"this": SRC} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    rows: dict = {}
+    n_images = 0
+    for rnd in range(args.repeat):
+        t, n_images = decode_floor(args.root)
+        rows.setdefault("decode-only floor, 1 process", []).append(t)
+        for name, src in trees.items():
+            for jobs in (1, 2):
+                rows.setdefault(f"{name}: cold `dhm-data build -j {jobs}`", []).append(
+                    cold(src, args, args.work / f"out-{name}-{jobs}", jobs))
+            rows.setdefault(f"{name}: in-process run_build, 1 process", []).append(
+                warm(src, args, args.work / f"out-{name}-warm"))
+        print(f"round {rnd + 1}: " + ", ".join(f"{k.split(':')[0]} {v[-1]:.2f}" for k, v in rows.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    floor = med["decode-only floor, 1 process"]
+    print(f"\n{args.pipeline} from {args.root}: {n_images} images; medians of {args.repeat} rounds, same run")
+    print(f"{'row':48s} {'seconds':>8s} {'/ floor':>8s} {'per image':>10s}")
+    for k, v in med.items():
+        print(f"{k:48s} {v:8.2f} {v / floor:8.2f} {v / n_images * 1e3:8.2f} ms")
+    for name in trees:
+        j1, j2 = med[f"{name}: cold `dhm-data build -j 1`"], med[f"{name}: cold `dhm-data build -j 2`"]
+        print(f"{name}: cold -j 2 vs -j 1: {j1 / j2:.2f}x")
+    if args.baseline:
+        for k in ("cold `dhm-data build -j 1`", "cold `dhm-data build -j 2`", "in-process run_build, 1 process"):
+            print(f"{k}: this / baseline = {med['this: ' + k] / med['baseline: ' + k]:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ keeps two builds from writing it at once.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -39,8 +38,10 @@ from pathlib import Path
 from typing import Callable
 
 from dhm_data import atomic
+from dhm_data.build.backends import backend_session
 from dhm_data.build.layout import BuildLayout
-from dhm_data.errors import BackendError, BuildLockedError, UnitError
+from dhm_data.build.memory import keep_freed_memory  # noqa: F401  (re-exported: workers call it)
+from dhm_data.errors import BuildLockedError, UnitError
 
 
 _RESUME = "units finished before it are kept; fix the cause and rerun the same command to resume"
@@ -284,9 +285,17 @@ def run_units(
     desc: str = "",
     progress: bool = True,
     scheduler: str | None = None,
+    helped: Callable[[object, object], dict] | None = None,
 ) -> dict[str, dict]:
     """Run the units not yet done; return ``{unit name: result}`` for all
-    units (skipped ones give their recorded result)."""
+    units (skipped ones give their recorded result).
+
+    With ``backend="loky"`` and ``jobs > 1`` the local worker pool
+    (:mod:`dhm_data.build.shard_pool`) runs one unit per worker; when fewer
+    units are left than workers and the stage gives ``helped(payload, pool)``
+    (the same unit, its blocks prepared by the pool's workers while this
+    process writes), the units run that way, one after another.
+    """
     from tqdm.auto import tqdm
 
     record_plan(layout, units)
@@ -303,16 +312,35 @@ def run_units(
     total = sum(u.n for u in units)
     done_n = total - sum(u.n for u in todo)
     bar = tqdm(total=total, initial=done_n, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True)
+
+    def finished(u, res):
+        _record(layout, u, res)
+        results[u.name] = res[0]
+        bar.update(u.n)
+
     try:
-        if backend == "loky" and (jobs == 1 or len(todo) <= 1):
+        local_pool = backend == "loky" and jobs > 1 and todo
+        if local_pool and helped is not None and len(todo) < jobs:
+            from dhm_data.build.shard_pool import start_pool
+
+            pool = start_pool(jobs)
+            for u in todo:
+                try:
+                    res = _run_one(lambda payload: helped(payload, pool), u)
+                except Exception as e:
+                    raise _unit_failure(u, e) from e
+                finished(u, res)
+        elif backend == "loky" and (jobs == 1 or len(todo) <= 1):
             for u in todo:
                 try:
                     res = _run_one(work, u)
                 except Exception as e:
                     raise _unit_failure(u, e) from e
-                _record(layout, u, res)
-                results[u.name] = res[0]
-                bar.update(u.n)
+                finished(u, res)
+        elif backend == "loky":
+            from dhm_data.build.shard_pool import start_pool
+
+            _run_on_pool(start_pool(jobs), work, todo, units, results, finished)
         else:
             from joblib import Parallel, delayed, parallel_config
 
@@ -324,22 +352,43 @@ def run_units(
                         u = by_name[name]
                         if err is not None:
                             raise _unit_failure(u, err)
-                        _record(layout, u, res)
-                        results[name] = res[0]
-                        bar.update(u.n)
+                        finished(u, res)
                 except UnitError:
                     raise
                 except Exception as e:
-                    # The pool broke: a worker process was killed (SIGKILL, out of
-                    # memory) or the cluster went away.  Units are rerun, not lost.
-                    stage = todo[0].stage
-                    left = [u.name for u in todo if u.name not in results]
-                    raise UnitError(
-                        f"stage {stage}: the parallel run stopped ({type(e).__name__}: {e}); {len(left)} of "
-                        f"{len(units)} units unfinished (first: {', '.join(left[:3])}); {_RESUME}", stage) from e
+                    raise _pool_broke(e, todo, units, results) from e
     finally:
         bar.close()
     return results
+
+
+def _run_on_pool(pool, work, todo: list, units: list, results: dict, finished) -> None:
+    """One unit per process: the pool's workers and this one
+    (:meth:`~dhm_data.build.shard_pool.ShardPool.run_each`)."""
+    from functools import partial
+
+    by_name = {u.name: u for u in todo}
+    gen = pool.run_each(partial(_call, work), todo)
+    try:
+        for name, res, err in gen:
+            if err is not None:
+                raise _unit_failure(by_name[name], err)
+            finished(by_name[name], res)
+    except UnitError:
+        gen.close()  # cancels the units not started, lets the running ones finish
+        raise
+    except Exception as e:
+        # The pool broke: a worker process was killed (SIGKILL, out of memory).
+        # Units are rerun, not lost.
+        gen.close()
+        raise _pool_broke(e, todo, units, results) from e
+
+
+def _pool_broke(e: BaseException, todo: list, units: list, results: dict) -> UnitError:
+    stage = todo[0].stage
+    left = [u.name for u in todo if u.name not in results]
+    return UnitError(f"stage {stage}: the parallel run stopped ({type(e).__name__}: {e}); {len(left)} of "
+                     f"{len(units)} units unfinished (first: {', '.join(left[:3])}); {_RESUME}", stage)
 
 
 def remove_stale(layout: BuildLayout, stage: str, units: list, existing) -> None:
@@ -355,51 +404,6 @@ def remove_stale(layout: BuildLayout, stage: str, units: list, existing) -> None
     for r in sorted(records.rglob("*.json")) if records.is_dir() else []:
         if r.relative_to(records).with_suffix("").as_posix() not in names:
             r.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def backend_session(backend: str, scheduler: str | None, jobs: int):
-    """What a joblib backend needs around it.
-
-    ``dask``: a ``dask.distributed.Client`` connected to ``scheduler`` (an
-    address such as ``tcp://head:8786``) or, without one, a local cluster of
-    ``jobs`` single-threaded worker processes.  ``ray``: ``ray.init`` (address
-    from ``scheduler`` or ``RAY_ADDRESS``) and joblib's Ray backend registered.
-    Other backends (``loky``, ``multiprocessing``, ``threading``) need nothing.
-    """
-    if backend == "dask":
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError as e:
-            raise BackendError("--backend dask needs dask.distributed: pip install 'dhm-data[dask]'") from e
-        if scheduler:
-            try:
-                client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as e:
-                raise BackendError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({e})") from e
-            with client:
-                yield client
-        else:
-            with LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
-                              dashboard_address=":0") as cluster, Client(cluster) as client:
-                yield client
-    elif backend == "ray":
-        try:
-            import ray
-            from ray.util.joblib import register_ray
-        except ImportError as e:
-            raise BackendError("--backend ray needs ray: pip install 'ray[default]'") from e
-        register_ray()
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=scheduler)
-        try:
-            yield None
-        finally:
-            if started:
-                ray.shutdown()
-    else:
-        yield None
 
 
 def _record(layout: BuildLayout, u: Unit, res: tuple) -> None:
@@ -432,41 +436,3 @@ def _call(work, u: Unit):
         except Exception:
             e = RuntimeError(f"{type(e).__name__}: {e}")
         return name, None, e
-
-
-#: glibc mallopt parameters (malloc.h) and the values a worker uses.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_WORKER_MMAP_THRESHOLD = 32 << 20  # glibc rejects more than HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
-_WORKER_TRIM_THRESHOLD = 128 << 20
-
-
-def keep_freed_memory() -> bool:
-    """Make this process's glibc ``malloc`` serve blocks up to 32 MiB from its
-    heap and keep up to 128 MiB of freed memory for reuse, instead of mapping
-    fresh pages for every large block and handing them back on ``free``.
-
-    Why: a worker decodes one 600 KB image after another (OpenCV allocates
-    each output) and HDF5 allocates a buffer per compressed chunk.  By
-    default every such block over the adaptive threshold is a new ``mmap``,
-    and first-touching fresh pages cost about 3 us per 4 KiB page on this
-    project's VMs: measured, that alone doubled the JPEG decode time
-    (1,900 -> 930 images/s in one process).  The cost is resident memory
-    that stays with the worker (at most the trim threshold above its peak).
-    Returns False where there is no glibc (macOS, Windows, musl) or it
-    refuses a setting.  Called by the build's workers; idempotent.  It is a
-    process-wide setting: a build with one job runs in the calling process
-    (the CLI, or your Python session when you call ``run_build``), which
-    keeps the setting afterwards.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    mapped = bool(mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD))
-    trimmed = bool(mallopt(_M_TRIM_THRESHOLD, _WORKER_TRIM_THRESHOLD))
-    return mapped and trimmed

@@ -23,6 +23,7 @@ from dhm_data.errors import DatasetError
 _REDUCED = {r: flag | cv2.IMREAD_IGNORE_ORIENTATION for r, flag in
             {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}.items()}
+_REDUCED_BGR = dict(_REDUCED)
 #: OpenCV >= 4.11 can hand back RGB from the decoder itself (no BGR->RGB pass).
 _RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)
 if _RGB_FLAG is not None:
@@ -111,14 +112,25 @@ def decode_rgb_checked(path: Path, reduction: int = 1) -> tuple[np.ndarray, list
     decoding it (libjpeg's "Corrupt JPEG data: ..." for a damaged file that
     still decodes), captured so that they never reach the terminal raw.
     An empty list: the decoder said nothing."""
+    return decode_checked(path, reduction, rgb=True)
+
+
+def decode_checked(path: Path, reduction: int = 1, rgb: bool = True) -> tuple[np.ndarray, list[str]]:
+    """:func:`decode_rgb_checked`, or with ``rgb=False`` the image in the
+    decoder's own **BGR** channel order: the cheapest decode (libjpeg-turbo
+    writes BGR directly; RGB costs a pass over the whole image), for a caller
+    that keeps only part of it and converts that part."""
     buf = np.frombuffer(read_image_bytes(path), np.uint8)
+    flag = _REDUCED[reduction] if rgb else _REDUCED_BGR[reduction]
     with _native_stderr_captured() as said:
-        img = cv2.imdecode(buf, _REDUCED[reduction]) if buf.size else None
+        img = cv2.imdecode(buf, flag) if buf.size else None
     if img is None:
         raise DatasetError(f"{path}: not a decodable image ({buf.size} bytes): {_diagnose(buf)}")
     if img.ndim == 2:  # some decoders hand back grey for odd files
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), said
-    return (img if _RGB_FLAG is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)), said
+    if rgb and _RGB_FLAG is None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img, said
 
 
 #: (pid, fd) of this process's capture file (a forked child makes its own)

@@ -67,12 +67,14 @@ def label_projection_error(samples: list, model: MorphableModel) -> np.ndarray:
                         np.stack([fit_length(t[3], model.n_expression) for t in todo]),
                         np.array([samples[t[0]].image_size[0] for t in todo], np.float64),
                         np.array([t[4] for t in todo]))
-    for k, t in enumerate(todo):
-        L = np.asarray(samples[t[0]].landmarks_2d, np.float64)
-        box = np.nanmax(L, 0) - np.nanmin(L, 0)
-        d = np.linalg.norm(P[k, :, :2] - L, axis=1)
-        with np.errstate(invalid="ignore"):
-            out[t[0]] = np.nanmean(d) / np.sqrt(max(float(box[0] * box[1]), 1e-12)) if np.isfinite(d).any() else np.inf
+    L = np.stack([np.asarray(samples[t[0]].landmarks_2d, np.float64) for t in todo])     # (T, 68, 2)
+    with np.errstate(invalid="ignore", all="ignore"):
+        box = np.nanmax(L, 1) - np.nanmin(L, 1)                                          # (T, 2)
+        d = np.linalg.norm(P[:, :, :2] - L, axis=2)                                       # (T, 68)
+        finite = np.isfinite(d)
+        mean = np.where(finite, d, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
+        err = mean / np.sqrt(np.maximum(box[:, 0] * box[:, 1], 1e-12))
+    out[[t[0] for t in todo]] = np.where(finite.any(1), err, np.inf)
     return out
 
 
@@ -167,28 +169,52 @@ def prepare_row(sample: Sample, A: np.ndarray, landmarks_3d: np.ndarray, label_s
     pixels.  The row's ``landmarks_3d`` (crop pixels, float32) is what the DHM
     is rendered from.
     """
-    lm2 = apply_affine(A, sample.landmarks_2d)
-    lm3 = apply_affine(A, landmarks_3d)
-    if sample.pose_para is not None:
-        pose = np.asarray(sample.pose_para, np.float64)
-    else:
-        pose = np.full(7, np.nan)
-    yaw = sample.extra.get("yaw_deg", float(camera.yaw_degrees(pose)))
-    return {
-        "landmarks_2d": lm2.astype(np.float32),
-        "landmarks_3d": lm3.astype(np.float32),
-        "pose_para": pose.astype(np.float32),
-        "shape_para": np.asarray(sample.shape_para, np.float32),
-        "exp_para": np.asarray(sample.exp_para, np.float32),
-        "crop_affine": np.asarray(A, np.float64),
-        "yaw": np.float32(yaw),
-        "name": sample.name,
-        "subset": sample.subset,
-        "flipped": bool(sample.flipped),
-        "label_source": label_source,
-        "fit_residual": np.float32(fit_residual),
-        "fit_converged": bool(fit_converged),
-    }
+    return prepare_rows([sample], [A], [landmarks_3d], [label_source], [fit_residual], [fit_converged])[0]
+
+
+def prepare_rows(samples: list, affines: list, landmarks_3d: list, label_sources: list, fit_residuals: list,
+                 fit_converged: list) -> list[dict]:
+    """:func:`prepare_row` of many samples, the landmark arithmetic done once
+    for all (``affines`` 2x3 each, ``landmarks_3d`` ``(68, 3)`` source pixels
+    each; the same values as one sample at a time)."""
+    if not samples:
+        return []
+    A = np.stack([np.asarray(a, np.float64) for a in affines])                       # (B, 2, 3)
+    lm2 = _affine_rows(A, np.stack([np.asarray(s.landmarks_2d, np.float64) for s in samples]))
+    lm3 = _affine_rows(A, np.stack([np.asarray(p, np.float64) for p in landmarks_3d]))
+    lm2, lm3 = lm2.astype(np.float32), lm3.astype(np.float32)
+    rows = []
+    for i, s in enumerate(samples):
+        pose = np.asarray(s.pose_para, np.float64) if s.pose_para is not None else np.full(7, np.nan)
+        yaw = s.extra["yaw_deg"] if "yaw_deg" in s.extra else float(camera.yaw_degrees(pose))
+        rows.append({
+            "landmarks_2d": lm2[i],
+            "landmarks_3d": lm3[i],
+            "pose_para": pose.astype(np.float32),
+            "shape_para": np.asarray(s.shape_para, np.float32),
+            "exp_para": np.asarray(s.exp_para, np.float32),
+            "crop_affine": A[i],
+            "yaw": np.float32(yaw),
+            "name": s.name,
+            "subset": s.subset,
+            "flipped": bool(s.flipped),
+            "label_source": label_sources[i],
+            "fit_residual": np.float32(fit_residuals[i]),
+            "fit_converged": bool(fit_converged[i]),
+        })
+    return rows
+
+
+def _affine_rows(A: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """:func:`~dhm_data.geometry.crop.apply_affine` of ``(B, N, 2+)`` points
+    with ``(B, 2, 3)`` affines, elementwise (the 2x2 products written out)."""
+    out = P.copy()
+    x, y = P[..., 0], P[..., 1]
+    out[..., 0] = x * A[:, 0, 0, None] + y * A[:, 0, 1, None] + A[:, 0, 2, None]
+    out[..., 1] = x * A[:, 1, 0, None] + y * A[:, 1, 1, None] + A[:, 1, 2, None]
+    if P.shape[-1] > 2:
+        out[..., 2:] *= np.sqrt(np.abs(np.linalg.det(A[:, :, :2])))[:, None, None]
+    return out
 
 
 def mean_shape_dhm(model: MorphableModel, config: PrepareConfig) -> np.ndarray:
