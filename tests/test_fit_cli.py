@@ -82,9 +82,10 @@ def test_array_mode_with_3d_and_flag_listing(aflw_arrays, bfm68_dir):
 
 
 def test_array_mode_errors(tmp_path, bfm68_dir):
-    np.save(tmp_path / "wrong.npy", np.zeros((4, 68, 3)))
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 60, 2)))
     r = run("--landmarks", tmp_path / "wrong.npy", "--bfm", bfm68_dir, "--out", tmp_path / "o.npz", "--image-height", 450)
-    assert r.exit_code != 0 and "shape (4, 68, 3), expected (B, 68, 2)" in r.output
+    assert r.exit_code != 0
+    assert "landmarks: found (4, 60, 2) (not 68 landmarks); accepted: (N, 68, 2), (N, 2, 68), (N, 68, 3), (N, 3, 68)" in r.output
     np.save(tmp_path / "ok.npy", np.zeros((4, 68, 2)))
     r = run("--landmarks", tmp_path / "ok.npy", "--bfm", bfm68_dir, "--out", tmp_path / "o.npz")
     assert r.exit_code != 0 and "--image-height is required" in r.output
@@ -93,6 +94,22 @@ def test_array_mode_errors(tmp_path, bfm68_dir):
     r = run("--landmarks", tmp_path / "ok.npy", "--bfm", tmp_path, "--out", tmp_path / "o.npz", "--image-height", 450)
     assert r.exit_code != 0 and "not a morphable model" in r.output
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_array_mode_takes_the_shapes_dhm_eval_takes(tmp_path, bfm68_dir):
+    """(B, 2, 68) and (B, 68, 3) landmarks fit exactly as their (B, 68, 2) rows."""
+    rng = np.random.default_rng(0)
+    lm = 200 + 40 * rng.standard_normal((3, 68, 2))
+    variants = {"rows": lm, "columns": np.swapaxes(lm, 1, 2), "with_z": np.concatenate([lm, np.zeros((3, 68, 1))], 2)}
+    poses = {}
+    for name, a in variants.items():
+        np.save(tmp_path / f"{name}.npy", a)
+        r = run("--landmarks", tmp_path / f"{name}.npy", "--bfm", bfm68_dir, "--out", tmp_path / f"{name}.npz",
+                "--image-height", 450)
+        assert r.exit_code == 0, r.output
+        poses[name] = read_fits(tmp_path / f"{name}.npz")["pose_para"]
+    np.testing.assert_array_equal(poses["columns"], poses["rows"])
+    np.testing.assert_array_equal(poses["with_z"], poses["rows"])
 
 
 def test_dataset_mode_on_synthetic_ls3dw(tmp_path):

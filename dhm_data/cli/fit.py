@@ -3,14 +3,15 @@ to 68 landmarks, for a raw dataset (into its build folder) or for any array."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import click
 import numpy as np
 
+from dhm_data.errors import FittingError
 from dhm_data.fit.config import JAW_MODES, METHODS, FitConfig
+from dhm_data.geometry.landmarks68 import landmark_array
 
 #: flagged fits printed to the console before "... and N more"
 _SHOW_FLAGGED = 30
@@ -19,16 +20,16 @@ _SHOW_FLAGGED = 30
 def _config(options: dict) -> FitConfig:
     """The config of the given command options (``None`` = not given) over
     the defaults, checked by :meth:`FitConfig.from_mapping`."""
-    from dhm_data.errors import FittingError
-
     try:
         return FitConfig.from_mapping({k: v for k, v in options.items() if v is not None}, origin="fit-bfm options")
     except FittingError as e:
         raise click.BadParameter(str(e)) from e
 
 
-def _load_array(path: Path, what: str, shape_tail: tuple) -> np.ndarray:
-    """``.npy`` array, or the array ``what`` of an ``.npz``; checked shape ``(B,) + shape_tail``."""
+def _load_array(path: Path, what: str, dims: int) -> np.ndarray:
+    """``(B, 68, dims)`` float64 from a ``.npy``, or the array ``what`` of an
+    ``.npz``, in any of the landmark shapes ``dhm-eval`` accepts
+    (:func:`dhm_data.geometry.landmarks68.landmark_array`)."""
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -39,12 +40,7 @@ def _load_array(path: Path, what: str, shape_tail: tuple) -> np.ndarray:
             a = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise click.ClickException(f"{path}: cannot read as .npy/.npz ({e})") from e
-    if a.ndim != 1 + len(shape_tail) or a.shape[1:] != shape_tail:
-        want = "(B, " + ", ".join(map(str, shape_tail)) + ")"
-        raise click.ClickException(f"{path}: {what} has shape {a.shape}, expected {want} in pixel coordinates")
-    if not np.issubdtype(a.dtype, np.number):
-        raise click.ClickException(f"{path}: {what} has dtype {a.dtype}, expected numbers")
-    return a.astype(np.float64)
+    return landmark_array(a, f"{path}: {what}", dims=dims)
 
 
 def _heights(image_height: str | None, B: int) -> np.ndarray:
@@ -76,15 +72,6 @@ def _report_flagged(rows: list[dict], limit: float, echo) -> None:
         echo(f"  ... and {len(rows) - _SHOW_FLAGGED} more (key 'flagged' of the output file)")
 
 
-def _fingerprint(*arrays, params=None) -> str:
-    h = hashlib.sha256(json.dumps(params or {}, sort_keys=True, default=str).encode())
-    for a in arrays:
-        if a is not None:
-            a = np.ascontiguousarray(a)
-            h.update(str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()
-
-
 @click.command(context_settings={"show_default": True})
 @click.argument("dataset", required=False, metavar="[DATASET]")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Raw dataset folder (DATASET mode).")
@@ -92,7 +79,8 @@ def _fingerprint(*arrays, params=None) -> str:
               help="Morphable model file or folder (format detected), e.g. the 68-row BFM subset folder. "
                    "Required, except for trees written by `dhm-data synth`, which bring their own model.")
 @click.option("--landmarks", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="(B, 68, 2) .npy (or .npz key 'landmarks') of 0-based pixel coordinates, NaN = missing.")
+              help="(B, 68, 2) .npy (or .npz key 'landmarks') of 0-based pixel coordinates, NaN = missing; "
+                   "(B, 2, 68), (B, 68, 3) and (B, 3, 68) are accepted too (z is not used).")
 @click.option("--landmarks-3d", "landmarks_3d", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="3D landmark estimates: (B, 68, 3) .npy with --landmarks; an .npz with 'names' and "
                    "'landmarks_3d' in DATASET mode. z = depth in pixels, larger = closer.")
@@ -104,8 +92,9 @@ def _fingerprint(*arrays, params=None) -> str:
 @click.option("--tolerance", type=float, default=None, help=FitConfig.option_help("tolerance"))
 @click.option("--max-residual", type=float, default=None, help=FitConfig.option_help("max_residual"))
 @click.option("--jaw", type=click.Choice(JAW_MODES), default=None,
-              help=FitConfig.option_help("jaw") + " DATASET mode: the pipeline's [fit] jaw if it sets one "
-                   "(ls3dw: fixed). The mode used is recorded in the fit output (keys 'jaw', 'jaw_reason').")
+              help=FitConfig.option_help("jaw") + " DATASET mode: the pipeline's [fit] jaw if it sets one (ls3dw: "
+                   "fixed), else the mode of the kind of label the samples carry. The mode used is recorded in the "
+                   "fit output (keys 'jaw', 'jaw_reason').")
 @click.option("--method", type=click.Choice(METHODS), default=None, help=FitConfig.option_help("method"))
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, help="DATASET mode: worker processes, one shard each.")
 @click.option("--backend", default="loky", help="DATASET mode: joblib backend.")
@@ -126,7 +115,8 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
           (B, 7), shape_para, exp_para, residuals and converged / flagged flags
           (format: dhm_data.fit.result_file). Reruns with the same input skip the work.
     """
-    from dhm_data.errors import FitFileError, FittingError, ModelFileError
+    # imported when the command runs, so that `--help` and start-up stay fast
+    from dhm_data.build.fit_reuse import fit_input_fingerprint, reusable_fit
     from dhm_data.fit import fit
     from dhm_data.fit.result_file import flagged_table, read_fits, write_fits
     from dhm_data.models.formats import load_model
@@ -141,8 +131,8 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
             raise click.UsageError("--out FILE.npz is required with --landmarks")
         if bfm is None:
             raise click.UsageError("--bfm MODEL is required with --landmarks")
-        lm = _load_array(landmarks, "landmarks", (68, 2))
-        l3 = _load_array(landmarks_3d, "landmarks_3d", (68, 3)) if landmarks_3d else None
+        lm = _load_array(landmarks, "landmarks", 2)
+        l3 = _load_array(landmarks_3d, "landmarks_3d", 3) if landmarks_3d else None
         if l3 is not None and len(l3) != len(lm):
             raise click.ClickException(f"{landmarks_3d}: {len(l3)} rows of 3D landmarks for {len(lm)} rows in {landmarks}")
         h = _heights(image_height, len(lm))
@@ -151,23 +141,13 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
         jaw_reason = ("--jaw" if jaw is not None else
                       "default: labels taken as projections of fixed 3D landmarks (AFLW2000-3D pt3d_68, 300W-LP "
                       "pts_3d, LS3D-W); --jaw silhouette for contour-following labels (300W-LP pt2d / pts_2d)")
-        try:
-            model = load_model(bfm)
-        except ModelFileError as e:
-            raise click.ClickException(str(e)) from e
-        fp = _fingerprint(lm, l3, h, params={"config": config.to_dict(), "model": model.name, "source": model.source})
-        if out.is_file() and not force:
-            try:
-                old = read_fits(out)
-                if str(old.get("input_fingerprint", "")) == fp:
-                    click.echo(f"{out}: already holds the fit of this input ({len(old['names'])} faces); skipped (--force to refit)")
-                    return
-            except FitFileError:
-                pass
-        try:
-            result = fit(lm, model, l3, config, image_height=h)
-        except FittingError as e:
-            raise click.ClickException(str(e)) from e
+        model = load_model(bfm)
+        fp = fit_input_fingerprint(lm, l3, h, config, model)
+        old = None if force else reusable_fit(out, fp)
+        if old is not None:
+            click.echo(f"{out}: already holds the fit of this input ({len(old['names'])} faces); skipped (--force to refit)")
+            return
+        result = fit(lm, model, l3, config, image_height=h)
         write_fits(out, None, result, h, model_name=model.name, used_3d=l3 is not None,
                    extra={"input_fingerprint": fp}, jaw_reason=jaw_reason)
         fits = read_fits(out)
@@ -184,16 +164,7 @@ def fit_bfm(dataset, root, bfm, landmarks, landmarks_3d, image_height, out, regu
 def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iterations, tolerance, max_residual, jaw,
                  method, jobs, backend, quiet, echo):
     """DATASET mode: the build's fit stage alone (:func:`dhm_data.build.flow.run_fit`)."""
-    from dhm_data.build.flow import BuildRequest, run_fit
-    from dhm_data.errors import (
-        BackendError,
-        BuildError,
-        BuildLockedError,
-        DatasetError,
-        ModelFileError,
-        PipelineError,
-        UnitError,
-    )
+    from dhm_data.build.flow import BuildRequest, run_fit  # imported when the command runs (start-up)
 
     if root is None:
         raise click.UsageError("DATASET mode needs --root DIR (the raw dataset folder)")
@@ -202,11 +173,7 @@ def _fit_dataset(dataset, root, bfm, landmarks_3d, out, regularisation, max_iter
                                              ("tolerance", tolerance), ("max_residual", max_residual), ("jaw", jaw),
                                              ("method", method)) if v is not None}
     req = BuildRequest(dataset, root, out, bfm, jobs, backend, False, overrides, not quiet, landmarks_3d=landmarks_3d)
-    try:
-        s = run_fit(req, echo=echo)
-    except (BuildError, DatasetError, PipelineError, ModelFileError, BuildLockedError, UnitError, BackendError,
-            ValueError) as e:
-        raise click.ClickException(str(e)) from e
+    s = run_fit(req, echo=echo)
     click.echo(f"fitted {s['fitted']} samples of {dataset} into {Path(out) / 'fits'}: {s['converged']} converged, "
                f"{s['flagged']} flagged (list: {s['flagged_list']}), {s['unreadable']} unreadable")
     flagged = [json.loads(line) for line in Path(s["flagged_list"]).read_text().splitlines()]

@@ -53,7 +53,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from dhm_data.errors import DatasetError
 from dhm_data.formats.files import read_regular_file, require_file
@@ -252,6 +251,8 @@ def load_mat(path, variable_names=None) -> dict:
 
 
 def _scipy_load(path: Path, names) -> dict:
+    import scipy.io  # only the fallback needs it, and it costs 0.3 s to import in every build process
+
     try:
         return scipy.io.loadmat(path, mat_dtype=True, variable_names=names)
     except NotImplementedError as e:  # v7.3 files are HDF5
