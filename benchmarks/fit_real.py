@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data.fit import FitConfig, fit
-from dhm_data.geometry import camera
+from dhm_data.geometry import camera, landmark_error
 from dhm_data.models.formats import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,10 +63,8 @@ def pose_errors(fitted, gt):
 
 
 def nme(pred, gt, used):
-    """Mean 2D error over the ``used`` points / sqrt(w h) of the label box, ``(N,)``."""
-    d = np.linalg.norm(pred[:, used, :2] - gt[:, used], axis=-1).mean(1)
-    wh = (gt.max(1) - gt.min(1)).prod(-1)
-    return d / np.sqrt(wh)
+    """Mean 2D error over the ``used`` points / sqrt(w h) of the whole label box, ``(N,)``."""
+    return landmark_error.mean_error(pred[:, used, :2], gt[:, used]) / landmark_error.box_size(gt)
 
 
 def summarise(result, pose_gt, lm, used):

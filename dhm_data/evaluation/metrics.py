@@ -31,6 +31,8 @@ import numpy as np
 from dhm_data.errors import EvaluationError, PredictionError
 from dhm_data.evaluation.protocols import DEFINITIONS, QUIRKS, YAW_BIN_LABELS, YAW_EDGES, defined_by
 from dhm_data.evaluation.scores import EvaluationReport, finite_rows
+from dhm_data.geometry import landmark_error
+from dhm_data.geometry.landmark_error import box_size
 from dhm_data.geometry.landmarks68 import landmark_array
 
 N_LANDMARKS = 68
@@ -44,22 +46,12 @@ MENPOFIT_STEP = 1e-4
 
 
 # ------------------------------------------------------------------ NME
-def box_size(gt) -> np.ndarray:
-    """``sqrt(w * h)`` of the tight box of the ground-truth points, ``(...)``.
-
-    ``gt``: ``(..., 68, 2|3)`` pixels; only x, y are used."""
-    g = np.asarray(gt, np.float64)[..., :2]
-    wh = g.max(axis=-2) - g.min(axis=-2)
-    return np.sqrt(wh[..., 0] * wh[..., 1])
-
-
-def _normalised(err_px: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def _check_boxes(gt: np.ndarray) -> None:
     d = box_size(gt)
     if np.any(~(d > 0)):
         idx = np.flatnonzero(~(np.atleast_1d(d) > 0))
         raise EvaluationError(f"{len(idx)} ground-truth landmark boxes have zero area or NaN "
                               f"(indices {', '.join(map(str, idx[:10]))}); NME is undefined for them")
-    return err_px / d
 
 
 @defined_by("nme")
@@ -73,7 +65,8 @@ def nme(pred, gt) -> np.ndarray:
     g = np.asarray(gt, np.float64)[..., :2]
     if p.shape != g.shape:
         raise EvaluationError(f"prediction shape {p.shape[:-1]}x2 does not match ground truth {g.shape[:-1]}x2")
-    return _normalised(np.sqrt(((p - g) ** 2).sum(axis=-1)).mean(axis=-1), g)
+    _check_boxes(g)
+    return landmark_error.nme(p, g)
 
 
 @defined_by("nme-3d.2dasl", "nme-3d.no-shift")
@@ -92,7 +85,8 @@ def nme_3d(pred, gt, variant: str = "2dasl") -> np.ndarray:
     if variant == "2dasl":
         p[..., 2] -= p[..., 2].min(axis=-1, keepdims=True)
         g[..., 2] -= g[..., 2].min(axis=-1, keepdims=True)
-    return _normalised(np.sqrt(((p - g) ** 2).sum(axis=-1)).mean(axis=-1), g)
+    _check_boxes(g)
+    return landmark_error.nme(p, g, dims=3)
 
 
 # ------------------------------------------------------------------ yaw bins

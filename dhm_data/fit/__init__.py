@@ -23,6 +23,6 @@ May import: :mod:`dhm_data.errors`, :mod:`dhm_data.atomic`,
 
 from dhm_data.fit.config import FitConfig, jaw_for_labels
 from dhm_data.fit.driver import fit, posed_model_landmarks
-from dhm_data.fit.result import FitResult, landmark_nme
+from dhm_data.fit.result import FitResult
 
-__all__ = ["FitConfig", "FitResult", "fit", "posed_model_landmarks", "jaw_for_labels", "landmark_nme"]
+__all__ = ["FitConfig", "FitResult", "fit", "posed_model_landmarks", "jaw_for_labels"]

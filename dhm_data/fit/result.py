@@ -1,7 +1,7 @@
-"""The result of a fit (:class:`FitResult`) and its residual measure
-(:func:`landmark_nme`, the NME of 300W / AFLW2000-3D evaluations: mean 2D
-point error over ``sqrt(w h)`` of the ground-truth box, as in 3DDFA, Zhu et
-al. 2016, and cleardusk/3DDFA's benchmark code)."""
+"""The result of a fit (:class:`FitResult`) and its residuals: the NME of
+:mod:`dhm_data.geometry.landmark_error` (mean 2D point error over ``sqrt(w
+h)`` of the observed landmarks' box, as 3DDFA evaluates) and the mean error
+in pixels."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from dhm_data.geometry import camera
+from dhm_data.geometry.landmark_error import mean_error, nme
 
-__all__ = ["FitResult", "landmark_nme", "fit_residuals"]
+__all__ = ["FitResult", "fit_residuals"]
 
 
 @dataclass
@@ -77,30 +78,10 @@ class FitResult:
                 if isinstance(getattr(self, f.name), np.ndarray) and f.name not in skip}
 
 
-def landmark_nme(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """NME per image (docs/fitting.md): mean 2D point error over the
-    points finite in both, divided by ``sqrt(w h)`` of the box of the finite
-    ground-truth points.  ``pred``, ``gt`` ``(..., 68, >=2)`` pixels; returns ``(...)``."""
-    pred = np.asarray(pred, np.float64)[..., :2]
-    gt = np.asarray(gt, np.float64)[..., :2]
-    ok = np.isfinite(pred).all(-1) & np.isfinite(gt).all(-1)
-    err = np.where(ok, np.linalg.norm(np.where(ok[..., None], pred - gt, 0.0), axis=-1), 0.0)
-    n = ok.sum(-1)
-    g = np.where(ok[..., None], gt, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        wh = (np.nanmax(g, -2) - np.nanmin(g, -2)).prod(-1)
-        return err.sum(-1) / n / np.sqrt(wh)
-
-
 def fit_residuals(fitted: np.ndarray, observed: np.ndarray, valid: np.ndarray):
     """Residuals of fits: ``(NME (B,), mean px error (B,))`` over the points
-    ``valid`` ``(B, 68)``; ``fitted`` ``(B, 68, >=2)``, ``observed`` ``(B, 68, 2)``
-    pixels.  NaN where an image has no valid point."""
-    err = np.linalg.norm(np.where(valid[..., None], fitted[..., :2] - observed, 0.0), axis=-1)
-    n = valid.sum(1)
-    box = np.where(valid[..., None], observed, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        px = np.where(n > 0, err.sum(1) / np.maximum(n, 1), np.nan)
-        lo = np.nanmin(np.where(n[:, None, None] > 0, box, 0.0), 1)
-        hi = np.nanmax(np.where(n[:, None, None] > 0, box, 0.0), 1)
-        return px / np.sqrt((hi - lo).prod(-1)), px
+    ``valid`` ``(B, 68)`` (:mod:`dhm_data.geometry.landmark_error`);
+    ``fitted`` ``(B, 68, >=2)``, ``observed`` ``(B, 68, 2)`` pixels.  NaN
+    where an image has no valid point."""
+    used = np.where(valid[..., None], np.asarray(fitted, np.float64)[..., :2], np.nan)
+    return nme(used, observed), mean_error(used, observed)

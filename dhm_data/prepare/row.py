@@ -13,7 +13,7 @@ import numpy as np
 
 from dhm_data.datasets.base import Sample
 from dhm_data.errors import CropError, PrepareError
-from dhm_data.geometry import camera
+from dhm_data.geometry import camera, landmark_error
 from dhm_data.geometry.crop import CropWindow, apply_affine, crop_window, unsnapped_crop_affine
 from dhm_data.geometry.landmarks68 import mirror_landmarks
 from dhm_data.models.morphable import MorphableModel, fit_length
@@ -68,13 +68,9 @@ def label_projection_error(samples: list, model: MorphableModel) -> np.ndarray:
                         np.array([samples[t[0]].image_size[0] for t in todo], np.float64),
                         np.array([t[4] for t in todo]))
     L = np.stack([np.asarray(samples[t[0]].landmarks_2d, np.float64) for t in todo])     # (T, 68, 2)
-    with np.errstate(invalid="ignore", all="ignore"):
-        box = np.nanmax(L, 1) - np.nanmin(L, 1)                                          # (T, 2)
-        d = np.linalg.norm(P[:, :, :2] - L, axis=2)                                       # (T, 68)
-        finite = np.isfinite(d)
-        mean = np.where(finite, d, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
-        err = mean / np.sqrt(np.maximum(box[:, 0] * box[:, 1], 1e-12))
-    out[[t[0] for t in todo]] = np.where(finite.any(1), err, np.inf)
+    # the labels' whole box normalises, also where the model leaves some landmarks unmapped
+    err = landmark_error.mean_error(P[:, :, :2], L) / np.maximum(landmark_error.box_size(L), 1e-6)
+    out[[t[0] for t in todo]] = np.where(np.isfinite(err), err, np.inf)
     return out
 
 
