@@ -19,7 +19,7 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
     """
     if backend == "dask":
         try:
-            from dask.distributed import Client, LocalCluster
+            from dask.distributed import Client, LocalCluster  # optional: dask is only needed for --backend dask
         except ImportError as e:
             raise BackendError("--backend dask needs dask.distributed: pip install 'dhm-data[dask]'") from e
         if scheduler:
@@ -35,8 +35,8 @@ def backend_session(backend: str, scheduler: str | None, jobs: int):
                 yield client
     elif backend == "ray":
         try:
-            import ray
-            from ray.util.joblib import register_ray
+            import ray  # optional: ray is only needed for --backend ray
+            from ray.util.joblib import register_ray  # optional: ray is only needed for --backend ray
         except ImportError as e:
             raise BackendError("--backend ray needs ray: pip install 'ray[default]'") from e
         register_ray()

@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,10 +31,14 @@ from dhm_data.build.layout import BuildLayout
 from dhm_data.build.manifests import assign_split, check_counts, load_manifest
 from dhm_data.build.model_check import check_label_failures, check_model_for_labels, parameters_record
 from dhm_data.build.runner import BuildLock, remove_stale, run_units
+from dhm_data.build.shard_pool import start_pool
 from dhm_data.datasets import get_reader
 from dhm_data.datasets.base import DatasetReader
-from dhm_data.errors import BuildError, DatasetError
+from dhm_data.errors import BuildError, DatasetError, DhmDataError
+from dhm_data.models.formats import load_model
+from dhm_data.models.formats.compact import save_compact
 from dhm_data.models.morphable import MorphableModel
+from dhm_data.models.synthetic import SYNTHETIC_MODEL_ID, load_synthetic_model
 from dhm_data.prepare.row import PrepareConfig, mean_shape_dhm
 
 
@@ -72,11 +78,8 @@ def resolve_model(bfm, reader: DatasetReader) -> MorphableModel:
     """``--bfm`` if given; else the model a synthetic tree records; else an
     error (real data needs the user's Basel Face Model)."""
     if bfm is not None:
-        from dhm_data.models.formats import load_model
-
         return load_model(bfm)
     marker = reader.synthetic_marker()
-    from dhm_data.models.synthetic import SYNTHETIC_MODEL_ID, load_synthetic_model
 
     if marker is not None and marker.get("model") == SYNTHETIC_MODEL_ID:
         return load_synthetic_model()
@@ -183,8 +186,6 @@ def start_workers(req: BuildRequest) -> None:
     then says why)."""
     if req.backend != "loky" or req.jobs <= 1:
         return
-    from dhm_data.build.shard_pool import start_pool
-    from dhm_data.errors import DhmDataError
 
     try:
         reader = load_pipeline(req.pipeline, req.overrides).reader
@@ -247,8 +248,6 @@ def clear_build(layout: BuildLayout) -> None:
 
 def _record_plan(layout: BuildLayout, splits, lm_model: MorphableModel) -> None:
     """Write the split actually used and the compact landmark model workers load."""
-    from dhm_data.models.formats.compact import save_compact
-
     atomic.write_json(layout.split_file, {s: [it.name for it in its] for s, its in splits.items()})
     save_compact(lm_model, layout.model_cache)
 
@@ -256,8 +255,6 @@ def _record_plan(layout: BuildLayout, splits, lm_model: MorphableModel) -> None:
 def rejection_kind(rejection: dict) -> str:
     """A rejection reason without its file path and numbers, to count alike
     reasons together ("not a decodable image (N bytes)", ...)."""
-    import re
-
     reason = rejection["reason"]
     path = rejection.get("path", "")
     for prefix in (path, str(Path(path).with_suffix(".mat")), str(Path(path).with_suffix(".t7"))):
@@ -271,8 +268,6 @@ def rejection_kind(rejection: dict) -> str:
 
 
 def _summarise(layout, p: BuildPlan, units, prepared: dict, fit_summary=None) -> dict:
-    from collections import Counter
-
     rejections = prepared["rejections"]
     atomic.write_bytes(layout.rejections, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejections).encode())
     summary = {

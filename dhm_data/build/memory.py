@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 #: glibc mallopt parameters (malloc.h) and the values a worker uses.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _WORKER_MMAP_THRESHOLD = 32 << 20  # glibc rejects more than HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
@@ -28,8 +31,6 @@ def keep_freed_memory() -> bool:
     """
     if _FREED_MEMORY_KEPT:  # once per process: find_library below runs ldconfig (milliseconds)
         return _FREED_MEMORY_KEPT[0]
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -21,12 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from dhm_data.datasets.base import DatasetReader, Item, Sample
+from dhm_data.build.memory import keep_freed_memory
+from dhm_data.datasets.base import DatasetReader, Item
 from dhm_data.errors import DatasetError, PrepareError
-from dhm_data.geometry.crop import CropWindow, window_affine
+from dhm_data.fit.result_file import read_fits
+from dhm_data.formats.images import decode_checked
+from dhm_data.geometry.crop import CropWindow, extract_crop, window_affine
 from dhm_data.models.morphable import MorphableModel
+from dhm_data.prepare.dhm import QuantisedDHMBlocks
 from dhm_data.prepare.row import (
     MAX_LABEL_PROJECTION_ERROR,
     PrepareConfig,
@@ -149,9 +154,6 @@ class BlockRenderer:
     across blocks (the DHM renderer's buffers, OpenCV's thread setting)."""
 
     def __init__(self, config: PrepareConfig, strict: bool = False):
-        import cv2
-
-        from dhm_data.prepare.dhm import QuantisedDHMBlocks
 
         cv2.setNumThreads(1)  # parallelism is across processes; threads inside one only contend
         self.config, self.strict = config, strict
@@ -163,10 +165,6 @@ class BlockRenderer:
         samples that decoded, packed in order.  Returns ``(kept, rejections,
         warnings)``: ``kept`` ``(len(pixels),)`` bool, the others as
         ``(index, record)``."""
-        import cv2
-
-        from dhm_data.formats.images import decode_checked
-        from dhm_data.geometry.crop import extract_crop
 
         S = self.config.crop_size
         kept = np.zeros(len(pixels), bool)
@@ -219,8 +217,6 @@ def stack_rows(rows: list[dict]) -> dict:
 
 def plan_block_task(settings: BlockSettings, chunk, start: int, fit_file) -> BlockPlan:
     """:func:`plan_block` in a worker process (the fits file read once per process)."""
-    from dhm_data.build.memory import keep_freed_memory
-
     keep_freed_memory()
     fits = None
     if fit_file is not None:
@@ -235,8 +231,6 @@ _FITS_CACHE: dict = {}
 
 def load_fits(path) -> dict:
     """``{sample name: fitted parameters, residual, converged}`` of a fit-stage file."""
-    from dhm_data.fit.result_file import read_fits
-
     f = read_fits(path)
     return {
         str(n): {"pose_para": f["pose_para"][i], "shape_para": f["shape_para"][i], "exp_para": f["exp_para"][i],

@@ -25,6 +25,7 @@ import numpy as np
 from dhm_data import __version__
 from dhm_data.build.layout import BuildLayout
 from dhm_data.build.manifests import shard_chunks
+from dhm_data.build.memory import keep_freed_memory
 from dhm_data.build.prepare_blocks import (
     BLOCK_SIZE,
     LABEL_MISMATCH,
@@ -36,11 +37,11 @@ from dhm_data.build.prepare_blocks import (
     plan_block_task,
     stack_rows,
 )
-from dhm_data.build.memory import keep_freed_memory
 from dhm_data.build.runner import Unit, fingerprint
 from dhm_data.datasets.base import DatasetReader
 from dhm_data.models.morphable import MorphableModel
 from dhm_data.prepare.row import MAX_LABEL_PROJECTION_ERROR, PrepareConfig
+from dhm_data.shards import ShardWriter
 
 __all__ = ["BLOCK_SIZE", "LABEL_MISMATCH", "ShardJob", "prepare_units", "prepare_shard", "prepare_shard_helped",
            "summarise"]
@@ -141,8 +142,6 @@ def write_shard(job: ShardJob, plans: list, rendered) -> dict:
     block of planned samples in order, ``(start, kept, rejections, warnings,
     images, dhms)`` with the kept samples' pixels packed.  Returns the unit's
     metadata."""
-    from dhm_data.shards import ShardWriter
-
     rows = [r for pl in plans for r in pl.rows]
     pixels = [p for pl in plans for p in pl.pixels]
     rejections = [r for pl in plans for r in pl.rejections]

@@ -32,17 +32,22 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
+
+from joblib import Parallel, delayed, parallel_config
+from tqdm.auto import tqdm
 
 from dhm_data import atomic
 from dhm_data.build.backends import backend_session
 from dhm_data.build.layout import BuildLayout
 from dhm_data.build.memory import keep_freed_memory  # noqa: F401  (re-exported: workers call it)
+from dhm_data.build.shard_pool import start_pool
 from dhm_data.errors import BuildLockedError, UnitError
-
 
 _RESUME = "units finished before it are kept; fix the cause and rerun the same command to resume"
 
@@ -296,8 +301,6 @@ def run_units(
     (the same unit, its blocks prepared by the pool's workers while this
     process writes), the units run that way, one after another.
     """
-    from tqdm.auto import tqdm
-
     record_plan(layout, units)
     results: dict[str, dict] = {}
     todo = []
@@ -321,8 +324,6 @@ def run_units(
     try:
         local_pool = backend == "loky" and jobs > 1 and todo
         if local_pool and helped is not None and len(todo) < jobs:
-            from dhm_data.build.shard_pool import start_pool
-
             pool = start_pool(jobs)
             for u in todo:
                 try:
@@ -338,12 +339,8 @@ def run_units(
                     raise _unit_failure(u, e) from e
                 finished(u, res)
         elif backend == "loky":
-            from dhm_data.build.shard_pool import start_pool
-
             _run_on_pool(start_pool(jobs), work, todo, units, results, finished)
         else:
-            from joblib import Parallel, delayed, parallel_config
-
             by_name = {u.name: u for u in todo}
             with backend_session(backend, scheduler, jobs), parallel_config(backend=backend, n_jobs=jobs):
                 gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u) for u in todo)
@@ -365,8 +362,6 @@ def run_units(
 def _run_on_pool(pool, work, todo: list, units: list, results: dict, finished) -> None:
     """One unit per process: the pool's workers and this one
     (:meth:`~dhm_data.build.shard_pool.ShardPool.run_each`)."""
-    from functools import partial
-
     by_name = {u.name: u for u in todo}
     gen = pool.run_each(partial(_call, work), todo)
     try:
@@ -430,8 +425,6 @@ def _call(work, u: Unit):
         return name, _run_one(work, u), None
     except Exception as e:
         try:
-            import pickle
-
             pickle.dumps(e)
         except Exception:
             e = RuntimeError(f"{type(e).__name__}: {e}")

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
+
+from dhm_data.build.memory import keep_freed_memory
+from dhm_data.build.prepare_blocks import BlockRenderer
 
 
 class ShardPool:
@@ -32,8 +37,6 @@ class ShardPool:
     and starts one interpreter fewer.  See the module docstring."""
 
     def __init__(self, jobs: int):
-        from joblib.externals.loky import get_reusable_executor
-
         self.jobs = int(jobs)
         self.workers = max(1, self.jobs - 1)
         threads = str(max(1, (os.cpu_count() or 1) // self.jobs))  # what joblib gives each worker
@@ -50,8 +53,6 @@ class ShardPool:
         workers and by this process (the items no worker has started yet,
         from the end).  On an error, the items not started are cancelled and
         the running ones finish before it is raised."""
-        from concurrent.futures import FIRST_COMPLETED, wait
-
         futures = [self.executor.submit(fn, it) for it in items]
         left = set(futures)
         try:
@@ -167,9 +168,6 @@ _WORKER: dict = {}
 
 def render_block_task(config, strict: bool, pixels: list, path: Path, shape: tuple, slot: int):
     """Worker: render one block into slot ``slot`` of the slot file."""
-    from dhm_data.build.memory import keep_freed_memory
-    from dhm_data.build.prepare_blocks import BlockRenderer
-
     if _WORKER.get("slots_key") != (str(path), shape):
         _WORKER.pop("slots", None)  # one mapping at a time: an old build's file is released
         _WORKER["slots"] = np.memmap(path, np.uint8, "r+", shape=shape)
@@ -183,14 +181,14 @@ def render_block_task(config, strict: bool, pixels: list, path: Path, shape: tup
 
 
 def _warm_worker(reader_name: str | None) -> None:
-    import cv2  # noqa: F401
+    # warming: the worker imports what the work needs while the main process scans
+    import cv2
 
     import dhm_data.build.prepare_blocks  # noqa: F401
-    from dhm_data.build.memory import keep_freed_memory
 
     keep_freed_memory()
     cv2.setNumThreads(1)
     if reader_name:
-        from dhm_data.datasets import get_reader
+        from dhm_data.datasets import get_reader  # warming, as above
 
         get_reader(reader_name)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from dhm_data.errors import DatasetError
+from dhm_data.formats.files import read_regular_file, require_file
 
 #: Decode flags by reduction.  EXIF orientation is ignored: labels refer to the
 #: stored pixel grid, which is also what image_size() reads from the header.
@@ -35,8 +37,6 @@ def read_image_bytes(path, limit: int | None = None) -> bytes:
     :func:`~dhm_data.datasets.base.read_regular_file` (a FIFO cannot hang the
     build); a missing file, a directory, a broken symlink, anything not a
     regular file raises :class:`DatasetError` saying which."""
-    from dhm_data.formats.files import read_regular_file, require_file
-
     try:
         data = read_regular_file(path, limit)
     except OSError as e:
@@ -145,8 +145,6 @@ class _native_stderr_captured:
     written.  Not for threads that write to the standard error meanwhile."""
 
     def __enter__(self) -> list:
-        import tempfile
-
         if _SINK[0] != os.getpid():
             f = tempfile.TemporaryFile()
             _SINK[:] = [os.getpid(), os.dup(f.fileno())]

@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from dhm_data.errors import PrepareError
+from dhm_data.shards.schema import QUANT_LEVELS
 
 
 def normalise_coordinates(landmarks_3d: np.ndarray) -> np.ndarray:
@@ -126,8 +127,6 @@ class QuantisedDHMBlocks:
     """
 
     def __init__(self, size: int, sigma: float = 1.0, group: int = 8):
-        from dhm_data.shards.schema import QUANT_LEVELS
-
         self.size, self.sigma, self.group = int(size), float(sigma), int(group)
         self.radius = max(1, math.ceil(4 * self.sigma))
         self.offsets = np.arange(-self.radius, self.radius + 1)
@@ -148,8 +147,6 @@ class QuantisedDHMBlocks:
         return out
 
     def _render_group(self, P: np.ndarray, out: np.ndarray) -> None:
-        from dhm_data.shards.schema import QUANT_LEVELS
-
         b, L = P.shape[:2]
         S, D = self.size, len(self.offsets)
         valid = np.isfinite(P).all(axis=2)                                   # (b, L)

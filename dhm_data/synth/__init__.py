@@ -39,7 +39,9 @@ import scipy.io
 from dhm_data.errors import SynthError
 from dhm_data.geometry import camera
 from dhm_data.geometry.contour import march_jaw
-from dhm_data.models.morphable import MorphableModel
+from dhm_data.models.morphable import MorphableModel, fit_length
+from dhm_data.models.synthetic import SYNTHETIC_MODEL_ID, load_synthetic_model
+from dhm_data.synth.render import render_face
 
 GENERATOR_VERSION = 1
 #: command-line dataset name -> (module in dhm_data.synth, dataset folder)
@@ -169,8 +171,6 @@ def project(model: MorphableModel, face: Face, marched: bool):
 
 def draw(model: MorphableModel, face: Face, style, bg) -> np.ndarray:
     """Render ``face`` over ``bg`` (RGB uint8)."""
-    from dhm_data.synth.render import render_face
-
     _, _, verts, _ = project(model, face, marched=False)
     if model.triangles is None:
         raise SynthError(f"model {model.name!r} has no triangles; the synthetic writer needs a mesh to draw")
@@ -240,8 +240,6 @@ def params_block(face: Face, rng: np.random.Generator, model: MorphableModel, co
     float64 (compact uint8 zeros when ``compact_exp``), ``Illum_Para`` (1,10)
     float64, ``Color_Para`` (1,7) float32, ``Tex_Para`` (199,1) float64.
     Coefficients are zero-padded / truncated to 199 / 29 (the real sizes)."""
-    from dhm_data.models.morphable import fit_length
-
     shape = fit_length(face.shape_para, 199).reshape(199, 1)
     exp = compact_zero((29, 1)) if compact_exp else fit_length(face.exp_para, 29).reshape(29, 1)
     illum = np.concatenate([rng.uniform(0.6, 1.3, 3), rng.uniform(0.0, 1.2, 3), rng.uniform(-1.6, 1.6, 2), rng.uniform(0, 0.3, 1), rng.uniform(10, 40, 1)])
@@ -295,7 +293,6 @@ def synthesize(dataset: str, out, n: int, seed: int = 0, model: MorphableModel |
         raise SynthError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SynthError(f"{out}: folder is not empty; choose an empty or new folder, or pass --force to replace it")
-    from dhm_data.models.synthetic import SYNTHETIC_MODEL_ID, load_synthetic_model
 
     custom = model is not None
     model = load_synthetic_model() if model is None else model
