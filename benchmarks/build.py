@@ -41,7 +41,10 @@ SRC = HERE.parent
 IN_PROCESS = """
 import json, sys, time
 from pathlib import Path
-from dhm_data.build.flow import BuildRequest, run_build
+try:
+    from dhm_data.build.flow import BuildRequest, run_build
+except ImportError:  # a source tree from before the stage packages (--baseline)
+    from dhm_data.build import BuildRequest, run_build
 a = json.loads(sys.argv[1])
 req = dict(pipeline=a["pipeline"], root=Path(a["root"]), out=Path(a["out"]), jobs=1, progress=False)
 if a["bfm"]:

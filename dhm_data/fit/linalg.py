@@ -12,7 +12,6 @@ is not numerically positive definite falls back to LU.
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import lapack
 
 __all__ = ["solve_spd"]
 
@@ -21,6 +20,9 @@ def solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``x`` with ``A x = b`` for ``A`` ``(B, n, n)`` symmetric positive
     definite, ``b`` ``(B, n, r)``.  Returns ``(B, n, r)``."""
     if A.shape[0] == 1:
+        # scipy.linalg costs 0.3 s to import: only a fit pays it, not every build process that imports dhm_data.fit
+        from scipy.linalg import lapack
+
         _, x, info = lapack.dposv(A[0], b[0], lower=1)
         if info == 0:
             return x[None]
