@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -126,16 +127,26 @@ def make_plan(req: BuildRequest, echo) -> BuildPlan:
     return BuildPlan(pipeline, reader, tuple(items), splits, tuple(count_problems), model)
 
 
-def run_build(req: BuildRequest, echo=print) -> dict:
-    """Run (or resume) a build; returns the summary also written to build.json."""
+@contextlib.contextmanager
+def _claimed_folder(req: BuildRequest, echo, unfinished: str):
+    """Plan the build (workers starting meanwhile), then hold its folder:
+    locked, claimed for this pipeline, the summary named ``unfinished``
+    (a :class:`BuildLayout` attribute) dropped until this run finishes it,
+    the plan recorded.  Yields ``(plan, layout, 68-row landmark model)``."""
     start_workers(req)
     p = make_plan(req, echo)
     layout = BuildLayout(req.out)
     lm_model = p.model.landmark_model()
     with BuildLock(layout):
         claim_folder(layout, p.pipeline, req.force)
-        layout.summary.unlink(missing_ok=True)  # "finished" only once this run has finished
+        getattr(layout, unfinished).unlink(missing_ok=True)
         _record_plan(layout, p.splits, lm_model)
+        yield p, layout, lm_model
+
+
+def run_build(req: BuildRequest, echo=print) -> dict:
+    """Run (or resume) a build; returns the summary also written to build.json."""
+    with _claimed_folder(req, echo, "summary") as (p, layout, lm_model):
         fits, fit_summary = {}, None
         if p.pipeline.has_fit_stage:
             pipeline, l3_path, reused = fit_stage.earlier_fit_settings(layout, p.pipeline, req.landmarks_3d)
@@ -165,14 +176,7 @@ def run_fit(req: BuildRequest, echo=print) -> dict:
     """``dhm-data fit-bfm DATASET``: only the fit stage of the pipeline, into
     the build folder, so that a later ``dhm-data build`` of the same pipeline
     and folder finds every fit unit done and goes straight to prepare."""
-    start_workers(req)
-    p = make_plan(req, echo)
-    layout = BuildLayout(req.out)
-    lm_model = p.model.landmark_model()
-    with BuildLock(layout):
-        claim_folder(layout, p.pipeline, req.force)
-        layout.fit_summary.unlink(missing_ok=True)
-        _record_plan(layout, p.splits, lm_model)
+    with _claimed_folder(req, echo, "fit_summary") as (p, layout, _):
         _, summary = _run_fit_units(layout, p, p.model.landmark_model(contour=True), req.landmarks_3d, req)
         atomic.write_json(layout.fit_summary, summary)
     return summary

@@ -101,3 +101,16 @@ def load_model(path) -> MorphableModel:
     """Load a morphable model from ``path``, detecting its format."""
     p = Path(path).expanduser()
     return detect_format(p).load(p)
+
+
+def the_one_file(folder: Path, found: list, what: str, looks_like: str = "") -> Path:
+    """The only entry of ``found`` (the files of ``folder`` that are a
+    ``what``, e.g. ``"compact model file"``, recognised by ``looks_like``),
+    or a :class:`ModelFileError` saying there is none or naming them all."""
+    if not found:
+        hint = f" ({looks_like})" if looks_like else ""
+        raise ModelFileError(f"{folder}: no {what}{hint} in this folder")
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise ModelFileError(f"{folder}: holds {len(found)} {what}s ({names}); pass one of them")
+    return found[0]

@@ -37,7 +37,7 @@ import numpy as np
 
 from dhm_data import atomic
 from dhm_data.errors import ModelFileError
-from dhm_data.models.formats import ModelFormat
+from dhm_data.models.formats import ModelFormat, the_one_file
 from dhm_data.models.morphable import MorphableModel
 
 #: Value of the ``dhm_compact_format`` entry; bump the trailing number on an
@@ -90,13 +90,7 @@ def detect(path: Path) -> bool:
 def load(path: Path) -> MorphableModel:
     path = Path(path)
     if path.is_dir():
-        found = _candidates(path)
-        if not found:
-            raise ModelFileError(f"{path}: no compact model file (*.npz with {MARKER_KEY!r}) in this folder")
-        if len(found) > 1:
-            names = ", ".join(p.name for p in found)
-            raise ModelFileError(f"{path}: holds {len(found)} compact model files ({names}); pass one of them")
-        path = found[0]
+        path = the_one_file(path, _candidates(path), "compact model file", f"*.npz with {MARKER_KEY!r}")
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:

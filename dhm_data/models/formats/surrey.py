@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from dhm_data.errors import ModelFileError
-from dhm_data.models.formats import ModelFormat
+from dhm_data.models.formats import ModelFormat, the_one_file
 from dhm_data.models.morphable import N_LANDMARKS, MorphableModel
 
 LANDMARK_FILE = "ibug_to_sfm.txt"
@@ -268,12 +268,7 @@ def detect(path: Path) -> bool:
 def load(path: Path) -> MorphableModel:
     path = Path(path)
     if path.is_dir():
-        found = _model_files(path)
-        if not found:
-            raise ModelFileError(f"{path}: no eos model .bin in this folder")
-        if len(found) > 1:
-            raise ModelFileError(f"{path}: holds {len(found)} eos model files ({', '.join(p.name for p in found)}); pass one")
-        path = found[0]
+        path = the_one_file(path, _model_files(path), "eos model file", "*.bin")
     folder = path.parent
     raw = read_model_bin(path)
     shape = raw["shape"]
