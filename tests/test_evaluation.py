@@ -1,4 +1,4 @@
-"""The evaluation protocol (CONVENTIONS.md section 6) pinned on hand-computed cases,
+"""The evaluation protocol (docs/evaluation.md) pinned on hand-computed cases,
 independent re-implementations, and the real AFLW2000-3D ground truth."""
 
 import json

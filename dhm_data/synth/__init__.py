@@ -1,7 +1,7 @@
 """Synthetic datasets in the exact on-disk formats of the real ones.
 
 ``synthesize(dataset, out, n, seed)`` writes ``out/<dataset folder>/...`` in
-the layout of CONVENTIONS.md sections 1-3 (``300wlp`` -> ``300W_LP/``,
+the layout of docs/conventions.md sections 1-3 (``300wlp`` -> ``300W_LP/``,
 ``aflw2000`` -> ``AFLW2000/``, ``ls3dw`` -> ``LS3D-W/``), with faces drawn
 from a morphable model's prior (by default the packaged SYNTHETIC model),
 rendered by :mod:`dhm_data.synth.render`, plus ``out/SYNTHETIC.json`` (what

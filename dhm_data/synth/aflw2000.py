@@ -1,4 +1,4 @@
-"""Synthetic AFLW2000-3D in the real on-disk format (CONVENTIONS.md section 2).
+"""Synthetic AFLW2000-3D in the real on-disk format (docs/conventions.md section 2).
 
 Writes ``out/AFLW2000/image0xxxx.jpg`` (450x450x3 JPEG) + ``.mat`` for ``n``
 images; the ids are ``n`` distinct numbers drawn from 2..4375 like the real

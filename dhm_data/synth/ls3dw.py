@@ -1,4 +1,4 @@
-"""Synthetic LS3D-W in the real on-disk format (CONVENTIONS.md section 3).
+"""Synthetic LS3D-W in the real on-disk format (docs/conventions.md section 3).
 
 Writes under ``out/LS3D-W/``::
 

@@ -1,4 +1,4 @@
-"""Synthetic 300W-LP in the real on-disk format (CONVENTIONS.md section 1).
+"""Synthetic 300W-LP in the real on-disk format (docs/conventions.md section 1).
 
 Layout written under ``out/300W_LP/``::
 
