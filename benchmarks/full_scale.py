@@ -26,7 +26,7 @@ seed-paper split) in a child process, so its memory is its own:
   worker holds one shard at a time, the main process only metadata;
 * disk per sample: shard bytes / samples written, and the whole build folder;
 * loader throughput on the result: ``ShardDataset`` + ``Loader`` over the
-  train split, batch 64, shuffled, image + DHM (float32) + landmarks +
+  train split, batch 64, shuffled, image + DHM (as stored, uint8) + landmarks +
   pose, with 0 and 2 worker processes.
 
 Figures depend on the machine (the README records the ones measured on the
@@ -216,7 +216,7 @@ def main():
     print("columns: full size = projected build time of all 122,450 samples at this rate; main / worker MiB = peak "
           "RSS (VmHWM) of the build process / of its largest loky worker; tree MiB = peak of the summed RSS of the "
           "build's process tree (/proc, every 50 ms); KiB/sample = shard bytes / samples; folder = whole build "
-          "folder; load = Loader samples/s (batch 64, shuffled, image + float32 DHM + landmarks + pose)")
+          "folder; load = Loader samples/s (batch 64, shuffled, image + DHM as stored (uint8) + landmarks + pose)")
     for r in rows:
         print(f"  [{r['fraction']:g}] getrusage(RUSAGE_SELF).ru_maxrss of the build process: {r['self_kib'] / 1024:.0f} "
               "MiB (an upper bound only: Linux starts a child's ru_maxrss at its parent's RSS at fork, here this "
