@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dhm_data.evaluation.pose import geodesic_deg
 from dhm_data.fit import FitConfig, fit
 from dhm_data.geometry import camera, landmark_error
 from dhm_data.models.formats import load_model
@@ -58,8 +59,7 @@ def pose_errors(fitted, gt):
     e = np.abs(wrap_deg(np.degrees(fitted[:, :3] - gt[:, :3])))
     _, Rf, _ = camera.pose_para_to_srt(fitted)
     _, Rg, _ = camera.pose_para_to_srt(gt)
-    c = (np.einsum("bij,bij->b", Rf, Rg) - 1) / 2
-    return e[:, 1], e[:, 0], e[:, 2], np.degrees(np.arccos(np.clip(c, -1, 1)))
+    return e[:, 1], e[:, 0], e[:, 2], geodesic_deg(Rf, Rg)
 
 
 def nme(pred, gt, used):

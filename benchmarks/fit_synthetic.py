@@ -36,8 +36,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from dhm_data.evaluation.pose import geodesic_deg  # noqa: E402
 from dhm_data.fit import FitConfig, driver, fit
-from dhm_data.geometry import landmark_error
+from dhm_data.geometry import camera, landmark_error
 from dhm_data.models.synthetic import load_synthetic_model
 
 H = 450
@@ -58,12 +59,9 @@ def rotation_error_deg(pose_a, pose_b):
     """Geodesic angle between the two rotations (degrees): well defined at
     any yaw, unlike the individual Euler angles, whose pitch and roll share an
     axis as yaw nears 90 degrees (gimbal lock)."""
-    from dhm_data.geometry import camera
-
     _, Ra, _ = camera.pose_para_to_srt(pose_a)
     _, Rb, _ = camera.pose_para_to_srt(pose_b)
-    c = (np.einsum("bij,bij->b", Ra, Rb) - 1) / 2
-    return np.degrees(np.arccos(np.clip(c, -1, 1)))
+    return geodesic_deg(Ra, Rb)
 
 
 def nme3d(pred, gt):

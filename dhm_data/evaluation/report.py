@@ -26,6 +26,7 @@ from dhm_data.evaluation.metrics import evaluate
 from dhm_data.evaluation.pose import POSE_FORMATS, POSE_VARIANTS, evaluate_pose, pose_table
 from dhm_data.evaluation.protocols import DEFINITIONS, Protocol, definitions, get_protocol
 from dhm_data.evaluation.scores import comparison_table, finite_rows
+from dhm_data.geometry import camera
 from dhm_data.geometry.landmarks68 import landmark_array
 
 METRICS = ("nme", "nme-3d", "pose")
@@ -113,7 +114,7 @@ class EvaluationResult:
         w = csv.writer(buf, lineterminator="\n")
         gt = self.gt
         head = ["name"] + (["alias"] if gt.aliases is not None else [])
-        yaw = gt.yaw_deg if gt.yaw_deg is not None or gt.pose_para is None else np.degrees(gt.pose_para[:, 1])
+        yaw = gt.yaw_deg if gt.yaw_deg is not None or gt.pose_para is None else camera.yaw_degrees(gt.pose_para)
         if yaw is not None:
             head += ["yaw_deg", "yaw_bin"]
             bins = m.yaw_bin_index(yaw)
