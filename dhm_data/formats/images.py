@@ -102,24 +102,19 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 def decode_rgb(path: Path, reduction: int = 1) -> np.ndarray:
     """Decode to ``(H, W, 3)`` uint8 RGB, optionally reduced by 2, 4 or 8
     (what the decoder reports about damaged data is dropped: see
-    :func:`decode_rgb_checked`)."""
-    return decode_rgb_checked(path, reduction)[0]
-
-
-def decode_rgb_checked(path: Path, reduction: int = 1) -> tuple[np.ndarray, list[str]]:
-    """``(image, decoder messages)``: the image as :func:`decode_rgb` gives
-    it, and the lines the native decoder wrote to the standard error while
-    decoding it (libjpeg's "Corrupt JPEG data: ..." for a damaged file that
-    still decodes), captured so that they never reach the terminal raw.
-    An empty list: the decoder said nothing."""
-    return decode_checked(path, reduction, rgb=True)
+    :func:`decode_checked`)."""
+    return decode_checked(path, reduction)[0]
 
 
 def decode_checked(path: Path, reduction: int = 1, rgb: bool = True) -> tuple[np.ndarray, list[str]]:
-    """:func:`decode_rgb_checked`, or with ``rgb=False`` the image in the
-    decoder's own **BGR** channel order: the cheapest decode (libjpeg-turbo
-    writes BGR directly; RGB costs a pass over the whole image), for a caller
-    that keeps only part of it and converts that part."""
+    """``(image, decoder messages)``: the image as :func:`decode_rgb` gives
+    it, and the lines the native decoder wrote to the standard error while
+    decoding it (libjpeg's "Corrupt JPEG data: ..." for a damaged file that
+    still decodes), captured so that they never reach the terminal raw; an
+    empty list: the decoder said nothing.  With ``rgb=False`` the image is in
+    the decoder's own **BGR** channel order: the cheapest decode
+    (libjpeg-turbo writes BGR directly; RGB costs a pass over the whole
+    image), for a caller that keeps only part of it and converts that part."""
     buf = np.frombuffer(read_image_bytes(path), np.uint8)
     flag = _REDUCED[reduction] if rgb else _REDUCED_BGR[reduction]
     with _native_stderr_captured() as said:
