@@ -39,7 +39,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
@@ -64,6 +63,8 @@ def read_mat(path: Path, names) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: file is missing")
+    import scipy.io  # deferred: only .mat model files need it (~0.1 s of every command's start-up otherwise)
+
     try:
         m = scipy.io.loadmat(path, variable_names=list(names))
         return {k: _from_scipy(v) for k, v in m.items() if not k.startswith("__")}

@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from dhm_data.errors import ModelFileError
 from dhm_data.models.formats import ModelFormat
@@ -56,6 +55,8 @@ def detect(path: Path) -> bool:
 
 
 def _has_model_struct(path: Path) -> bool:
+    import scipy.io  # deferred: only this format's files need it (~0.1 s of every command's start-up otherwise)
+
     try:
         return any(name == "model" and cls == "struct" for name, _, cls in scipy.io.whosmat(path))
     except Exception:  # v7.3 / not a .mat: try HDF5
