@@ -39,14 +39,14 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from joblib import Parallel, delayed, parallel_config
-from tqdm.auto import tqdm
+from tqdm.autonotebook import tqdm  # tqdm.auto adds asyncio support (~30 ms of start-up) a build does not use
 
 from dhm_data import atomic
 from dhm_data.build.backends import backend_session
+from dhm_data.build.file_states import content_hash, file_state
 from dhm_data.build.layout import BuildLayout
 from dhm_data.build.memory import keep_freed_memory  # noqa: F401  (re-exported: workers call it)
-from dhm_data.build.shard_pool import start_pool
+from dhm_data.build.shard_pool import start_pool, stop_pool
 from dhm_data.errors import BuildLockedError, UnitError
 
 _RESUME = "units finished before it are kept; fix the cause and rerun the same command to resume"
@@ -91,32 +91,6 @@ def fingerprint(params, paths=(), extra=(), arrays=()) -> str:
             a = np.ascontiguousarray(a)
             h.update(str(a.shape).encode() + a.tobytes())
     return h.hexdigest()
-
-
-#: content hashes are sha256 cut to this many hex digits (128 bits)
-_HASH_DIGITS = 32
-
-
-def file_state(p, with_hash: bool = True) -> list:
-    """``[size, mtime_ns, content sha256]`` of a file (hash omitted unless
-    ``with_hash``); ``["missing"]`` or ``["unreadable", errno]`` when it cannot
-    be read (a missing input is a state too: its unit rejected the sample)."""
-    try:
-        st = os.stat(p)
-        if not with_hash:
-            return [st.st_size, st.st_mtime_ns]
-        return [st.st_size, st.st_mtime_ns, content_hash(p)]
-    except OSError as e:  # missing, a symlink loop, unreadable: the unit's reader names the problem
-        return ["missing"] if e.errno == errno.ENOENT else ["unreadable", e.errno]
-
-
-def content_hash(p) -> str:
-    """sha256 of the file's bytes (hex, :data:`_HASH_DIGITS` digits)."""
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:_HASH_DIGITS]
 
 
 def _unchanged(p, recorded) -> tuple[bool, list | None]:
@@ -329,7 +303,7 @@ def run_units(
                 try:
                     res = _run_one(lambda payload: helped(payload, pool), u)
                 except Exception as e:
-                    raise _unit_failure(u, e) from e
+                    raise _unit_failure(u, e, f"failed ({pool.deaths()})" if pool.broken else "failed") from e
                 finished(u, res)
         elif backend == "loky" and (jobs == 1 or len(todo) <= 1):
             for u in todo:
@@ -341,6 +315,8 @@ def run_units(
         elif backend == "loky":
             _run_on_pool(start_pool(jobs), work, todo, units, results, finished)
         else:
+            from joblib import Parallel, delayed, parallel_config  # deferred: only cluster backends (~0.1 s of start-up)
+
             by_name = {u.name: u for u in todo}
             with backend_session(backend, scheduler, jobs), parallel_config(backend=backend, n_jobs=jobs):
                 gen = Parallel(return_as="generator_unordered")(delayed(_call)(work, u) for u in todo)
@@ -354,6 +330,9 @@ def run_units(
                     raise
                 except Exception as e:
                     raise _pool_broke(e, todo, units, results) from e
+    except KeyboardInterrupt:
+        stop_pool()  # the workers' units stop too: finished units are kept, a rerun resumes
+        raise
     finally:
         bar.close()
     return results
@@ -376,13 +355,14 @@ def _run_on_pool(pool, work, todo: list, units: list, results: dict, finished) -
         # The pool broke: a worker process was killed (SIGKILL, out of memory).
         # Units are rerun, not lost.
         gen.close()
-        raise _pool_broke(e, todo, units, results) from e
+        raise _pool_broke(e, todo, units, results, pool.deaths()) from e
 
 
-def _pool_broke(e: BaseException, todo: list, units: list, results: dict) -> UnitError:
+def _pool_broke(e: BaseException, todo: list, units: list, results: dict, deaths: str = "") -> UnitError:
     stage = todo[0].stage
     left = [u.name for u in todo if u.name not in results]
-    return UnitError(f"stage {stage}: the parallel run stopped ({type(e).__name__}: {e}); {len(left)} of "
+    why = f"{deaths}: " if deaths else ""
+    return UnitError(f"stage {stage}: the parallel run stopped ({why}{type(e).__name__}: {e}); {len(left)} of "
                      f"{len(units)} units unfinished (first: {', '.join(left[:3])}); {_RESUME}", stage)
 
 

@@ -1,10 +1,16 @@
 """Local worker processes for a build: started early, shared by its stages.
 
-:class:`ShardPool` wraps loky's reusable process executor (the one joblib's
-``loky`` backend is built on).  A build starts it before it scans the
-dataset (:func:`start_pool`), so that the workers' interpreter start and
-imports -- about a second of CPU each -- overlap the scan and the plan
-instead of delaying the first sample.  The runner then uses it two ways:
+:class:`ShardPool` is a process pool whose ``jobs - 1`` workers start before
+the build scans the dataset (:func:`start_pool`).  On Linux they are *forked*
+from this process once its imports are done (a standard
+:class:`concurrent.futures.ProcessPoolExecutor` with the ``fork`` start
+method): a worker is ready within milliseconds, with numpy, OpenCV, h5py and
+dhm-data already imported, instead of paying the second of CPU a fresh
+interpreter costs (measured in docs/performance.md) while the first samples
+wait.  Elsewhere (no ``fork``, or macOS, where forking a process that has
+loaded system frameworks is unsafe) the workers are loky's fresh
+interpreters, the ones joblib's ``loky`` backend uses.  The runner uses the
+pool two ways:
 
 * one unit per process (:meth:`ShardPool.run_each`) when there are at least
   as many units left as processes;
@@ -18,126 +24,240 @@ instead of delaying the first sample.  The runner then uses it two ways:
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import sys
 import tempfile
-from concurrent.futures import FIRST_COMPLETED, wait
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
-from joblib.externals.loky import get_reusable_executor
 
 from dhm_data.build.memory import keep_freed_memory
 from dhm_data.build.prepare_blocks import BlockRenderer
 
 
+#: Blocks of a shard, beyond those the workers run or have queued, whose
+#: slots are free while this process writes: the blocks it may render itself.
+_STEALABLE = 4
+
+
 class ShardPool:
-    """The ``jobs - 1`` local worker processes (loky) of a ``jobs``-process
-    build: this process is the ``jobs``-th (it runs the tasks no worker has
-    started yet), so a build never runs more busy processes than ``jobs``
-    and starts one interpreter fewer.  See the module docstring."""
+    """The ``jobs - 1`` local worker processes of a ``jobs``-process build.
+
+    This process is the ``jobs``-th: the executor is only ever handed what
+    its workers run or have queued (:attr:`window` tasks), and whenever this
+    process would wait it takes a task no worker has, from the back of the
+    list (the workers take them from the front).  So a build never runs more
+    busy processes than ``jobs``, and no task is cancelled.  See the module
+    docstring.
+    """
 
     def __init__(self, jobs: int):
         self.jobs = int(jobs)
         self.workers = max(1, self.jobs - 1)
-        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))  # what joblib gives each worker
-        env = {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        self.executor = get_reusable_executor(max_workers=self.workers, env=env, reuse=True)
+        #: tasks handed to the executor at once: one running and one queued per worker
+        self.window = 2 * self.workers
+        self.forked = forking_is_safe()
+        if self.forked:
+            self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("fork"),
+                                                initializer=_forked_worker_start)
+        else:
+            from joblib.externals.loky import get_reusable_executor  # only where workers cannot be forked
+
+            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))  # what joblib gives each worker
+            env = {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+            self.executor = get_reusable_executor(max_workers=self.workers, env=env, reuse=True)
+
+    @property
+    def broken(self) -> bool:
+        """True once a worker died: the executor takes no more tasks."""
+        flags = getattr(self.executor, "_flags", None)  # loky keeps it there
+        return bool(getattr(flags, "broken", None) or getattr(self.executor, "_broken", False))
 
     def warm(self, reader_name: str | None = None) -> None:
-        """Have every worker import what the build's work functions need
-        (returns at once; the imports run while this process goes on)."""
-        self._warming = [self.executor.submit(_warm_worker, reader_name) for _ in range(self.workers)]
+        """Start the workers now and have each import what the build's work
+        functions need (returns at once; the work runs while this process
+        goes on).  Forked workers have it already: they only take the
+        worker's settings."""
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork() in a process with threads (here
+            # only the BLAS library's idle pool, which re-creates itself in the
+            # child); the workers start before this process starts any thread.
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            self._warming = [self.executor.submit(_warm_worker, reader_name) for _ in range(self.workers)]
+
+    def deaths(self) -> str:
+        """What ended the pool's dead workers, e.g. ``"worker pid 4711 killed
+        by SIGKILL (the kernel's out-of-memory killer sends it)"``; empty when
+        none died or the executor does not tell."""
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        if self.broken:
+            for p in processes:  # the executor stops the others: wait until it has
+                p.join(timeout=2.0)
+        ended = [p for p in processes if p.exitcode not in (None, 0)]
+        first = [p for p in ended if p.exitcode != -signal.SIGTERM] or ended  # the others were stopped after it
+        out = []
+        for p in first:
+            if p.exitcode < 0:
+                name = signal.Signals(-p.exitcode).name
+                hint = " (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else ""
+                out.append(f"worker pid {p.pid} killed by {name}{hint}")
+            else:
+                out.append(f"worker pid {p.pid} exited with code {p.exitcode}")
+        return "; ".join(out)
+
+    def shutdown(self) -> None:
+        """Stop the workers (those in the middle of a task are terminated)."""
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
 
     def run_each(self, fn, items: list):
         """Yield ``fn(item)`` for every item as it finishes, run by the
-        workers and by this process (the items no worker has started yet,
-        from the end).  On an error, the items not started are cancelled and
-        the running ones finish before it is raised."""
-        futures = [self.executor.submit(fn, it) for it in items]
-        left = set(futures)
+        workers (from the front of ``items``) and by this process (from the
+        back, whenever no result is ready).  On an error, the items not
+        started are dropped and the running ones finish before it is
+        raised."""
+        front, back = 0, len(items)
+        running: dict = {}
         try:
-            while left:
-                done = {f for f in left if f.done()}
+            while front < back or running:
+                while front < back and len(running) < self.window:
+                    running[self.executor.submit(fn, items[front])] = front
+                    front += 1
+                done = [f for f in running if f.done()]
+                if not done and front < back:
+                    back -= 1
+                    yield fn(items[back])
+                    continue
                 if not done:
-                    stolen = next((f for f in reversed(futures) if f in left and f.cancel()), None)
-                    if stolen is not None:
-                        left.discard(stolen)
-                        yield fn(items[futures.index(stolen)])
-                        continue
-                    done, _ = wait(left, return_when=FIRST_COMPLETED)
-                left -= done
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
+                    running.pop(f)
                     yield f.result()
         except BaseException:
-            for f in left:
-                f.cancel()
-            wait(left)
+            wait(running)
             raise
 
     def map_ordered(self, fn, arg_tuples: list) -> list:
-        """``[fn(*args) for args in arg_tuples]``, run by the workers and by
-        this process, which takes the tasks no worker has started yet, from
-        the end of the list."""
-        futures = [self.executor.submit(fn, *a) for a in arg_tuples]
-        out = [None] * len(futures)
-        for k in range(len(futures) - 1, -1, -1):
-            if futures[k].cancel():
-                out[k] = fn(*arg_tuples[k])
-            else:
-                break
-        return [futures[k].result() if out[k] is None else out[k] for k in range(len(futures))]
+        """``[fn(*args) for args in arg_tuples]``, run by the workers (from
+        the front) and by this process (from the back, whenever no result is
+        ready)."""
+        out = [None] * len(arg_tuples)
+        front, back = 0, len(arg_tuples)
+        running: dict = {}
+        try:
+            while front < back or running:
+                while front < back and len(running) < self.window:
+                    running[self.executor.submit(fn, *arg_tuples[front])] = front
+                    front += 1
+                done = [f for f in running if f.done()]
+                if not done and front < back:
+                    back -= 1
+                    out[back] = fn(*arg_tuples[back])
+                    continue
+                if not done:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    out[running.pop(f)] = f.result()
+        except BaseException:
+            wait(running)
+            raise
+        return out
 
     def render_ordered(self, config, strict: bool, blocks: list):
         """Yield, per ``(start, pixel jobs)`` block in order, ``(start, kept,
         rejections, warnings, images, dhms)`` as
         :meth:`dhm_data.build.prepare_blocks.BlockRenderer.render` gives them,
         ``images`` / ``dhms`` views of the block's shared slot, valid until
-        the next item is asked for.  A block that no worker has started when
-        its turn comes is rendered by this process."""
+        the next item is asked for.
+
+        Blocks ``k .. k + slots - 1`` (``k`` the next to yield) have a slot
+        each: the workers render them from the front, and this process, when
+        block ``k`` is not ready, renders the last one no worker has."""
         if not blocks:
             return
+        n = len(blocks)
         S = config.crop_size
         b_max = max(len(b) for _, b in blocks)
-        n_slots = min(len(blocks), self.workers + 2)
+        n_slots = min(n, self.window + _STEALABLE)
+        running: dict = {}
         with _SlotFile((n_slots, 2, b_max, S, S, 3)) as slots:
-            def args(k):
-                return config, strict, blocks[k][1], slots.path, slots.shape, k % n_slots
+            def args(j):
+                return config, strict, blocks[j][1], slots.path, slots.shape, j % n_slots
 
-            pending = {k: self.executor.submit(render_block_task, *args(k)) for k in range(n_slots)}
-            ready = {}
-            for k, (start, _) in enumerate(blocks):
-                while k not in ready:
-                    f = pending[k]
-                    if f.cancel():
-                        ready[k] = render_block_task(*args(k))
-                    elif f.done():
-                        ready[k] = f.result()
-                    else:  # help: render the latest block no worker has started, else wait
-                        later = next((j for j in sorted(pending, reverse=True)
-                                      if j > k and j not in ready and pending[j].cancel()), None)
-                        if later is None:
-                            ready[k] = f.result()
+            started, ready = set(), {}
+
+            def collect(done):
+                for f in done:
+                    ready[running.pop(f)] = f.result()
+
+            try:
+                for k, (start, _) in enumerate(blocks):
+                    end = min(n, k + n_slots)
+                    while k not in ready:
+                        j = k
+                        while len(running) < self.window:  # the workers take the window's first free blocks
+                            while j < end and j in started:
+                                j += 1
+                            if j == end:
+                                break
+                            running[self.executor.submit(render_block_task, *args(j))] = j
+                            started.add(j)
+                        collect([f for f in running if f.done()])
+                        if k in ready:
+                            break
+                        free = [j for j in range(k, end) if j not in started]
+                        if free:  # rather than wait: render the window's last block no worker has
+                            started.add(free[-1])
+                            ready[free[-1]] = render_block_task(*args(free[-1]))
                         else:
-                            ready[later] = render_block_task(*args(later))
-                pending.pop(k)
-                kept, rej, warn = ready.pop(k)
-                slot = k % n_slots
-                b = int(kept.sum())
-                yield start, kept, rej, warn, slots.array[slot, 0, :b], slots.array[slot, 1, :b]
-                if k + n_slots < len(blocks):
-                    pending[k + n_slots] = self.executor.submit(render_block_task, *args(k + n_slots))
+                            collect(wait(running, return_when=FIRST_COMPLETED)[0])
+                    kept, rej, warn = ready.pop(k)
+                    b = int(kept.sum())
+                    yield start, kept, rej, warn, slots.array[k % n_slots, 0, :b], slots.array[k % n_slots, 1, :b]
+            finally:
+                wait(running)  # no worker may still write a slot once the file is gone
 
 
 _POOL: list = []
 
 
 def start_pool(jobs: int, reader_name: str | None = None) -> ShardPool:
-    """The process's pool of ``jobs`` workers, started (and warmed) now."""
-    if _POOL and _POOL[0].jobs == jobs:
+    """The process's pool of ``jobs`` workers, started (and warmed) now; the
+    running one when it has that size and none of its workers died."""
+    if _POOL and _POOL[0].jobs == jobs and not _POOL[0].broken:
         return _POOL[0]
+    if _POOL:
+        _POOL.pop().shutdown()
     _POOL[:] = [ShardPool(jobs)]
     _POOL[0].warm(reader_name)
     return _POOL[0]
+
+
+def stop_pool() -> None:
+    """Stop the process's pool, if any (workers in the middle of a task too)."""
+    if _POOL:
+        _POOL.pop().shutdown()
+
+
+def forking_is_safe() -> bool:
+    """Can the workers be forked from this process?  Linux only: macOS
+    forbids using its system frameworks in a forked child, Windows has no
+    ``fork``."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _forked_worker_start() -> None:
+    # Ctrl-C reaches the whole process group: the main process stops the
+    # build (and the pool); a worker printing its own KeyboardInterrupt would
+    # only bury the message that says how to resume.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _SlotFile:
