@@ -1,0 +1,81 @@
+"""The build's local worker pool (dhm_data/build/shard_pool.py): forked
+workers, order kept, this process taking part, a dead worker named."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from dhm_data.build import shard_pool
+from dhm_data.build.shard_pool import ShardPool, forking_is_safe, start_pool, stop_pool
+
+pytestmark = pytest.mark.skipif(not forking_is_safe(), reason="workers are forked on Linux only (loky elsewhere)")
+
+
+def _pid_after(seconds: float, i: int) -> tuple[int, int]:
+    time.sleep(seconds)
+    return os.getpid(), i
+
+
+def _has_module(name: str) -> bool:
+    return name in sys.modules
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@pytest.fixture
+def pool():
+    p = ShardPool(2)
+    p.warm(None)
+    yield p
+    p.shutdown()
+
+
+def test_workers_are_forked_with_this_process_imports(pool):
+    # forked when the pool started, after this test module imported dhm_data.build: nothing to import again
+    assert pool.executor.submit(_has_module, "dhm_data.build.shard_pool").result(timeout=30)
+    assert pool.executor.submit(os.getppid).result(timeout=30) == os.getpid()
+
+
+def test_map_ordered_keeps_order_and_this_process_takes_part(pool):
+    args = [(0.05, i) for i in range(12)]
+    out = pool.map_ordered(_pid_after, args)
+    assert [i for _, i in out] == list(range(12))
+    pids = {p for p, _ in out}
+    assert os.getpid() in pids and len(pids) == 2, pids
+    # this process takes from the back, the worker from the front
+    assert out[0][0] != os.getpid() and out[-1][0] == os.getpid()
+
+
+def test_run_each_yields_every_item_once(pool):
+    got = list(pool.run_each(lambda_free_square, list(range(9))))
+    assert sorted(got) == [i * i for i in range(9)]
+
+
+def lambda_free_square(i: int) -> int:
+    return i * i
+
+
+def test_a_killed_worker_is_named_and_the_next_build_gets_a_new_pool():
+    stop_pool()
+    p = start_pool(2)
+    worker = next(iter(p.executor._processes))
+    f = p.executor.submit(_sleep, 10)
+    time.sleep(0.3)
+    os.kill(worker, signal.SIGKILL)
+    with pytest.raises(Exception) as e:
+        f.result(timeout=30)
+    assert type(e.value).__name__ == "BrokenProcessPool"
+    assert p.broken
+    assert p.deaths() == f"worker pid {worker} killed by SIGKILL (the kernel's out-of-memory killer sends it)"
+    q = start_pool(2)
+    assert q is not p and not q.broken
+    assert q.map_ordered(_pid_after, [(0.0, 1), (0.0, 2)])[1][1] == 2
+    stop_pool()
+    assert shard_pool._POOL == []
