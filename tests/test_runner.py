@@ -35,6 +35,18 @@ def test_units_are_skipped_when_done_and_redone_when_changed(tmp_path):
     assert res["u0"] == {"value": "v0"} and (tmp_path / "o1").read_text() == "v10"
 
 
+def test_progress_bar_counts_samples_and_quiet_draws_nothing(tmp_path, capsys):
+    units = [Unit("s", f"u{i}", fingerprint({"v": i}), [tmp_path / f"o{i}"], (tmp_path / f"o{i}", f"v{i}"), n=7)
+             for i in range(3)]
+    run_units(BuildLayout(tmp_path / "quiet"), units, _work, progress=False, desc="quiet run")
+    assert capsys.readouterr().err == ""
+    units = [Unit("s", f"u{i}", fingerprint({"v": i}), [tmp_path / f"p{i}"], (tmp_path / f"p{i}", f"v{i}"), n=7)
+             for i in range(3)]
+    run_units(BuildLayout(tmp_path / "shown"), units, _work, progress=True, desc="shown run")
+    err = capsys.readouterr().err
+    assert "shown run" in err and "21/21" in err and "sample" in err
+
+
 def test_fingerprint_is_params_paths_and_arrays():
     import hashlib
     import json

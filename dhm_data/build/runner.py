@@ -39,8 +39,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from tqdm.autonotebook import tqdm  # tqdm.auto adds asyncio support (~30 ms of start-up) a build does not use
-
 from dhm_data import atomic
 from dhm_data.build.backends import backend_session
 from dhm_data.build.file_states import content_hash, file_state
@@ -288,7 +286,7 @@ def run_units(
         results[u.name] = read_record(layout, u.stage, u.name)["result"]
     total = sum(u.n for u in units)
     done_n = total - sum(u.n for u in todo)
-    bar = tqdm(total=total, initial=done_n, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True)
+    bar = _progress_bar(total, done_n, desc) if progress else _NoBar()
 
     def finished(u, res):
         _record(layout, u, res)
@@ -336,6 +334,23 @@ def run_units(
     finally:
         bar.close()
     return results
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+    # deferred: tqdm costs ~50 ms of start-up (it reads its package metadata), paid only when a bar is drawn
+    from tqdm.autonotebook import tqdm  # tqdm.auto would add asyncio support a build does not use
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="sample", dynamic_ncols=True)
+
+
+class _NoBar:
+    """What ``progress=False`` draws: nothing."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _run_on_pool(pool, work, todo: list, units: list, results: dict, finished) -> None:
