@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dhm_data.fit.linalg import solve_spd
+from dhm_data.fit.linalg import solve_spd, svd
 
 __all__ = ["face_size", "hartley_normalisation", "estimate_affine_camera", "affine_to_similarity",
            "optimal_scale_translation", "umeyama_similarity"]
@@ -100,7 +100,7 @@ def affine_to_similarity(affine: np.ndarray, image_points: np.ndarray, model_poi
 
     Returns ``(s (B,), R (B, 3, 3), t (B, 2))`` in the posed model frame.
     """
-    U, d, Vt = np.linalg.svd(affine[:, :, :3], full_matrices=False)  # U (B,2,2), Vt (B,2,3)
+    U, d, Vt = svd(affine[:, :, :3])  # U (B,2,2), Vt (B,2,3)
     R = np.empty((len(U), 3, 3))
     R2 = R[:, :2] = U @ Vt
     a, b = R2[:, 0], R2[:, 1]

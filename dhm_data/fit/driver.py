@@ -140,9 +140,9 @@ def initial_state(p: Problem) -> State:
     rows = np.tile(prep.base_rows, (B, 1))
     alpha = np.zeros((B, prep.A.shape[2]))
     beta = np.zeros((B, prep.Bx.shape[2]))
-    S0 = shape_rows(prep, np.maximum(rows, 0), alpha, beta)
+    S0 = np.broadcast_to(prep.mean[np.maximum(prep.base_rows, 0)], (B, N_LANDMARKS, 3))  # the mean shape
     s, R, t = p.pose(a, S0, p.base_w * prep.mapped[None])
-    if p.config.march_iterations > 0:
+    if p.config.march_iterations > 0 and prep.contour_rows is not None:
         rows = p.march(a, rows, R, alpha, beta, s, t)
     return State(s, R, t, alpha, beta, rows, np.zeros(B, np.int64), np.zeros(B, bool))
 

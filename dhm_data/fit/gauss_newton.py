@@ -31,6 +31,7 @@ _SKEW = -_EPS.transpose(2, 0, 1).reshape(3, 9)
 #: point ``S``: ``sum_j S_j G[j, q, k] r_k`` is ``(S x r)_q`` for ``q < 3``
 #: and ``S . r`` for ``q = 3`` (``r`` a rotation row)
 _POSE_GEN = np.concatenate([_EPS.transpose(1, 0, 2), np.eye(3)[:, None, :]], axis=1)
+_POSE_GEN12 = _POSE_GEN.reshape(12, 3)  # (j, q) x k
 _I3 = np.eye(3)
 
 __all__ = ["rodrigues", "map_cost", "landmark_movement", "joint_gauss_newton_step", "converged_mask"]
@@ -53,7 +54,7 @@ def map_cost(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw, lam_id, lam_ex
     With ``return_prediction`` also the predicted points ``(B, N, D)``."""
     D = obs.shape[2]
     S = shape_rows(prep, rows, alpha, beta)
-    pred = s[:, None, None] * np.einsum("bdc,bnc->bnd", R[:, :D], S) + t[:, None, :D]
+    pred = s[:, None, None] * (S @ R[:, :D].transpose(0, 2, 1)) + t[:, None, :D]
     res = np.where(rw > 0, obs - pred, 0.0)
     cost = ((rw * res * res).sum((1, 2)) / (s * prep.F) ** 2 + lam_id * (alpha**2 / prep.sigma2).sum(1)
             + lam_exp * (beta**2 / prep.tau2).sum(1))
@@ -90,9 +91,11 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
     ``damping`` ``(B,)``.  Returns the proposed ``(s, R, t, alpha, beta)``.
     """
     ok = rw > 0
-    keep = ok.any(axis=(0, 2))
-    if not keep.all():  # points no image of the batch observes (unmapped): out of the system
-        rows, obs, rw, ok = rows[:, keep], obs[:, keep], rw[:, keep], ok[:, keep]
+    dense = bool(ok.all())  # every row observed (the common case): no masking below
+    if not dense:
+        keep = ok.any(axis=(0, 2))
+        if not keep.all():  # points no image of the batch observes (unmapped): out of the system
+            rows, obs, rw, ok = rows[:, keep], obs[:, keep], rw[:, keep], ok[:, keep]
     B, N, D = obs.shape
     P = 4 + D
     shared = B == 1 or bool(np.all(rows == rows[:1]))
@@ -106,24 +109,30 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
     # the pose Jacobian: rotation (3), log-scale (1), translation (D).
     # d/dw of s Rp R exp([w]_x) S at w = 0 is -s Rp [S]_x, row d: s (S x Rp[d]);
     # d/dlog s is s Rp[d] . S.  Both are S times one (3, 4 D) matrix.
-    okT = ok.transpose(0, 2, 1)
+    RpT = Rp.transpose(0, 2, 1)
     Rmu = Rp @ (rset.mean.T if shared else prep.mean[rows].transpose(0, 2, 1))  # (B, D, N)
     J = np.empty((B, D, N, 1 + P))
     J[..., 0] = obs.transpose(0, 2, 1) - t[:, :D, None] - s[:, None, None] * Rmu
-    JS = S @ np.einsum("jqk,bdk->bjdq", _POSE_GEN, Rp).reshape(B, 3, D * 4)  # (B, N, D * 4)
-    J[..., 1:5] = s[:, None, None, None] * JS.reshape(B, N, D, 4).transpose(0, 2, 1, 3)
+    JS = S @ (_POSE_GEN12 @ RpT).reshape(B, 3, 4 * D)  # (B, N, 4 * D), columns (q, d)
+    J[..., 1:5] = s[:, None, None, None] * JS.reshape(B, N, 4, D).transpose(0, 3, 1, 2)
     J[..., 5:] = _I3[:D, None, :D]
-    rhs = np.where(okT[..., None], J, 0.0).reshape(B, D * N, 1 + P) / sF[:, None, None]
+    okT = ok.transpose(0, 2, 1)
+    if not dense:
+        J = np.where(okT[..., None], J, 0.0)
+    rhs = J.reshape(B, D * N, 1 + P) / sF[:, None, None]
     # Kd / (sF)^2 = Rp (Q/lam_id + Qe/lam_exp) Rp^T / F^2 + diag(1 / rw)
     if shared:
         Qc = prep.shared_gram(r0, lam_id, lam_exp)
     else:
         Qc = gather_gram(prep.q9(lam_id, lam_exp), rows)
-    Kd = rotate_gram(Qc, Rp) / prep.F**2
-    okf = okT.reshape(B, D * N)
-    if not okf.all():
+    Kd = rotate_gram(Qc, Rp / prep.F)
+    wf = rw.transpose(0, 2, 1).reshape(B, D * N)
+    if dense:
+        Kd.reshape(B, -1)[:, :: D * N + 1] += 1.0 / wf
+    else:
+        okf = okT.reshape(B, D * N)
         Kd = np.where(okf[:, :, None] & okf[:, None, :], Kd, 0.0)
-    Kd.reshape(B, -1)[:, :: D * N + 1] += np.where(okf, 1.0 / np.where(okf, rw.transpose(0, 2, 1).reshape(B, D * N), 1.0), 1.0)
+        Kd.reshape(B, -1)[:, :: D * N + 1] += np.where(okf, 1.0 / np.where(okf, wf, 1.0), 1.0)
     X = solve_spd(Kd, rhs)  # (B, ND, 1+P)
     # [r' Jq]^T Kd^-1 [r' Jq]: the reduced pose system H and gradient g in one product
     HG = rhs.transpose(0, 2, 1) @ X
@@ -162,6 +171,6 @@ def converged_mask(movement: np.ndarray, movement_prev: np.ndarray, tolerance: f
     ``(B,)`` bool."""
     rho = np.divide(movement, movement_prev, out=np.full(movement.shape, np.nan),
                     where=(movement_prev > 0) & np.isfinite(movement_prev))
-    rho = np.clip(rho, 0.0, 0.999)
+    rho = np.minimum(np.maximum(rho, 0.0), 0.999)  # NaN stays NaN
     ok = np.isfinite(movement_prev) & (movement * rho / (1.0 - rho) < tolerance)
     return ok | (movement < tolerance * 1e-2)

@@ -220,7 +220,7 @@ def rotate_gram(Qr, Rp):
     of every image, then one transposing copy) or ``(B,N,N,9)`` gathered per
     image.  Returns ``(B, D*N, D*N)``."""
     B, D = Rp.shape[:2]
-    C = np.einsum("bac,bed->baecd", Rp, Rp).reshape(B, D, D, 9)
+    C = (Rp[:, :, None, :, None] * Rp[:, None, :, None, :]).reshape(B, D, D, 9)  # Rp[a,c] Rp[e,d]
     if Qr.ndim == 2:
         N = math.isqrt(Qr.shape[1])
         K = (C.reshape(B * D * D, 9) @ Qr).reshape(B, D, D, N, N).transpose(0, 1, 3, 2, 4)
