@@ -21,7 +21,8 @@ Ground truth: SFM identity coefficients ~ N(0, 1) (eos's rescaled basis),
 blendshape weights ~ |N(0, 0.3)|, |yaw| uniform 0-70 degrees, pitch / roll
 small, scale 1 px/mm (faces ~ 150 px wide) in a 450 x 450 image, Gaussian
 noise of ``--noise`` px on the landmarks.  Each timing is the best of
-``--repeat`` runs (default 3).  ``tolerance 0`` rows switch off the
+``--repeat`` runs (default 5), taken in rounds that run every row once
+(round-robin), so that load from other processes falls on all rows alike.  ``tolerance 0`` rows switch off the
 convergence test (a face stops only when a Gauss-Newton step is rejected
 without progress), the closest to eos's fixed iteration count.  Errors, against the noise-free
 ground truth: 2D landmark error (px, and NME = / sqrt(w h) of the GT box) of
@@ -59,14 +60,18 @@ def similarity_aligned_error(pred, gt):
     return np.linalg.norm(al - gt, axis=-1).mean(1)
 
 
-def best_of(k, run):
-    """``(best wall time of k runs, the last run's output)``."""
-    best, out = np.inf, None
+def best_of_interleaved(k, runs):
+    """``{name: (best wall time of k runs, the last run's output)}`` for the
+    callables ``runs`` ``{name: run}``, timed in ``k`` rounds of one run each
+    (round-robin), so that load from other processes on a shared machine
+    falls on every row alike and the ratios within one run stay fair."""
+    best = {name: (np.inf, None) for name in runs}
     for _ in range(k):
-        t0 = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            out = run()
+            best[name] = (min(best[name][0], time.perf_counter() - t0), out)
+    return best
 
 
 def eos_project(pose, vertices):
@@ -84,7 +89,7 @@ def main():
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="each timing is the best of this many runs")
+    ap.add_argument("--repeat", type=int, default=5, help="each timing is the best of this many runs (rounds)")
     ap.add_argument("--eos-lambda", default="30,1,0.3",
                     help="comma-separated eos lambda_identity = lambda_expressions values, one row each (its default: 30)")
     args = ap.parse_args()
@@ -123,11 +128,26 @@ def main():
                                                   vertex_definitions=None, texture_coordinates=em.get_texture_coordinates())
     mapper = eos.core.LandmarkMapper(str(sfm / "ibug_to_sfm.txt"))
     eos_lms = [[eos.core.Landmark(k, np.asarray(p, np.float32).reshape(2, 1)) for k, p in zip(ids, face)] for face in obs2]
+    lambdas = [float(x) for x in args.eos_lambda.split(",")]
+
+    def eos_run(lam):
+        return lambda: [eos.fitting.fit_shape_and_pose(eos_model, L, mapper, W, H, num_iterations=args.iterations,
+                                                       lambda_identity=lam, lambda_expressions=lam) for L in eos_lms]
+
+    # ---- dhm-data, one batched call, and one face per call
+    cfg = FitConfig(max_iterations=args.iterations, jaw="fixed")
+    cfg_all = FitConfig(max_iterations=args.iterations, tolerance=0, jaw="fixed")
+    driver.fit(lm[:8], model, config=cfg, image_height=H)  # warm-up: model precompute, cached
+    runs = {("eos", lam): eos_run(lam) for lam in lambdas}
+    runs["batched"] = lambda: driver.fit(lm, model, config=cfg, image_height=H)
+    runs["batched all"] = lambda: driver.fit(lm, model, config=cfg_all, image_height=H)
+    runs["one"] = lambda: [driver.fit(face, model, config=cfg, image_height=H) for face in lm]
+    runs["one all"] = lambda: [driver.fit(face, model, config=cfg_all, image_height=H) for face in lm]
+    timed = best_of_interleaved(args.repeat, runs)
+
     eos_rows = []
-    for lam in [float(x) for x in args.eos_lambda.split(",")]:
-        t_eos, eos_out = best_of(args.repeat, lambda: [
-            eos.fitting.fit_shape_and_pose(eos_model, L, mapper, W, H, num_iterations=args.iterations,
-                                           lambda_identity=lam, lambda_expressions=lam) for L in eos_lms])
+    for lam in lambdas:
+        t_eos, eos_out = timed[("eos", lam)]
         e2, e3 = [], []
         for (mesh, rp, shape_c, bs_c), g2, g3 in zip(eos_out, gt2, gt3):
             V = np.asarray(mesh.vertices)[li[used]]
@@ -135,20 +155,16 @@ def main():
             e3.append(similarity_aligned_error(V[None], g3[None])[0])
         eos_rows.append((lam, np.array(e2), np.array(e3), t_eos))
 
-    # ---- dhm-data, one batched call, and one face per call
-    cfg = FitConfig(max_iterations=args.iterations, jaw="fixed")
-    cfg_all = FitConfig(max_iterations=args.iterations, tolerance=0, jaw="fixed")
-    driver.fit(lm[:8], model, config=cfg, image_height=H)  # warm-up: model precompute, cached
-    t_dhm, r = best_of(args.repeat, lambda: driver.fit(lm, model, config=cfg, image_height=H))
+    t_dhm, r = timed["batched"]
     e_dhm2 = np.linalg.norm(r.landmarks[:, used, :2] - gt2, axis=-1).mean(1)
     Sf = model.reconstruct(r.shape_para, r.exp_para)[:, li[used]]
     e_dhm3 = similarity_aligned_error(Sf, gt3)
-    t_fix, r_fixed = best_of(args.repeat, lambda: driver.fit(lm, model, config=cfg_all, image_height=H))
+    t_fix, r_fixed = timed["batched all"]
     e_fix2 = np.linalg.norm(r_fixed.landmarks[:, used, :2] - gt2, axis=-1).mean(1)
     e_fix3 = similarity_aligned_error(model.reconstruct(r_fixed.shape_para, r_fixed.exp_para)[:, li[used]], gt3)
     one = {}
-    for name, c in (("default", cfg), ("all", cfg_all)):
-        dt, singles = best_of(args.repeat, lambda: [driver.fit(face, model, config=c, image_height=H) for face in lm])
+    for name, key in (("default", "one"), ("all", "one all")):
+        dt, singles = timed[key]
         e1 = np.array([np.linalg.norm(q.landmarks[0, used, :2] - g, axis=-1).mean() for q, g in zip(singles, gt2)])
         one[name] = (e1, dt, np.mean([q.iterations[0] for q in singles]))
 

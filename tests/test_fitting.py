@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dhm_data.errors import FitFileError, FittingError
-from dhm_data.fit import FitConfig, camera_estimation, driver, fit, gauss_newton, linear, model_rows
+from dhm_data.fit import FitConfig, camera_estimation, driver, fit, gauss_newton, linalg, linear, model_rows, result
 from dhm_data.fit.result_file import read_fits, write_fits
 from dhm_data.geometry import camera, landmark_error
 from dhm_data.models.morphable import MorphableModel
@@ -144,6 +144,75 @@ def test_converged_mask():
     # est: -, 1e-3*0.1/0.9=1.1e-4, 1e-2*0.909/0.091=0.1, negligible, 2e-3*0.5/0.5=2e-3
     assert gauss_newton.converged_mask(move, prev, 3e-3).tolist() == [False, True, False, True, True]
     assert gauss_newton.converged_mask(move, prev, 1e-3).tolist() == [False, True, False, True, False]
+
+
+def test_rotate_gram_shared_equals_gathered_and_the_definition():
+    """The shared-rows path (one GEMM) and the per-image gathered path build
+    the same rotated Gram matrix, block (a, e) = Rp[a] Q[i, :, j, :] Rp[e]^T."""
+    m = random_model(K=20, E=4, seed=3)
+    prep = model_rows.prepare(m)
+    rng = np.random.default_rng(4)
+    B, D, N = 3, 2, 40
+    rows = np.tile(prep.base_rows[:N], (B, 1))
+    Rp = camera.rotation_from_angles(*rng.uniform(-1, 1, (3, B)))[:, :D]
+    shared = model_rows.rotate_gram(prep.shared_gram(rows[0], 2.0, 5.0), Rp)
+    gathered = model_rows.rotate_gram(model_rows.gather_gram(prep.q9(2.0, 5.0), rows), Rp)
+    Q = prep.Q[rows[0]][:, :, rows[0]] / 2.0 + prep.Qe[rows[0]][:, :, rows[0]] / 5.0
+    want = np.einsum("bac,icjd,bed->baiej", Rp, Q, Rp).reshape(B, D * N, D * N)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(shared, want, rtol=1e-12, atol=1e-13 * scale)
+    np.testing.assert_allclose(gathered, want, rtol=1e-12, atol=1e-13 * scale)
+
+
+def test_joint_step_masked_row_equals_leaving_it_out():
+    """A row of weight 0 in one image (the masked path) gives that image the
+    step it gets without the row (the dense path); the other image is untouched."""
+    m = random_model(K=20, E=4, seed=5)
+    prep = model_rows.prepare(m)
+    _, _, pose, P = random_faces(m, 2, seed=6)
+    s, R, t = camera.pose_para_to_srt(pose)
+    obs = camera.image_to_model_frame(P[..., :2], 450.0)
+    rows = np.tile(prep.base_rows, (2, 1))
+    alpha, beta = np.zeros((2, m.n_identity)), np.zeros((2, m.n_expression))
+
+    def step(i, keep, rw):
+        return gauss_newton.joint_gauss_newton_step(prep, rows[i][:, keep], 0.9 * s[i], R[i], t[i], alpha[i], beta[i],
+                                                    obs[i][:, keep], rw[:, keep], 1.0, 1.0, np.full(len(i), 1e-3))
+
+    everything = np.arange(68)
+    rw = np.ones((2, 68, 2))
+    rw[0, 0] = 0.0  # image 0 does not observe landmark 0; image 1 does, so the row stays in the batch
+    both = step([0, 1], everything, rw)
+    alone0 = step([0], everything[1:], np.ones((1, 68, 2)))
+    alone1 = step([1], everything, np.ones((1, 68, 2)))
+    for x, y0, y1 in zip(both, alone0, alone1):
+        np.testing.assert_allclose(x[0], y0[0], rtol=1e-9, atol=1e-12 * np.abs(y0).max())
+        np.testing.assert_allclose(x[1], y1[0], rtol=1e-9, atol=1e-12 * np.abs(y1).max())
+
+
+def test_fit_residuals_are_the_nme_and_the_mean_error():
+    """fit_residuals evaluates landmark_error.nme's definition once for both outputs: the same values."""
+    rng = np.random.default_rng(9)
+    fitted = rng.normal(size=(3, 68, 3)) * 40 + 200
+    observed = fitted[..., :2] + rng.normal(size=(3, 68, 2))
+    observed[0, :5] = np.nan
+    valid = np.isfinite(observed).all(-1)
+    valid[1, 10:20] = False
+    valid[2] = False  # no valid point: NaN
+    nme, px = result.fit_residuals(fitted, observed, valid)
+    used = np.where(valid[..., None], fitted[..., :2], np.nan)
+    np.testing.assert_array_equal(nme, landmark_error.nme(used, observed))
+    np.testing.assert_array_equal(px, landmark_error.mean_error(used, observed))
+    assert np.isnan(nme[2]) and np.isnan(px[2]) and np.isfinite(nme[:2]).all()
+
+
+def test_svd_of_one_matrix_equals_the_batched_svd():
+    A = np.random.default_rng(10).normal(size=(1, 2, 3))
+    U, d, Vt = linalg.svd(A)
+    U2, d2, Vt2 = np.linalg.svd(A, full_matrices=False)
+    np.testing.assert_allclose(d, d2, rtol=1e-14)
+    np.testing.assert_allclose(U @ Vt, U2 @ Vt2, atol=1e-14)  # the nearest orthonormal rows: sign-free
+    np.testing.assert_allclose((U * d[:, None, :]) @ Vt, A, atol=1e-14)
 
 
 # ----------------------------------------------------------------- the fit

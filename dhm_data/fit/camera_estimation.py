@@ -15,10 +15,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from dhm_data.fit.linalg import solve_spd
+from dhm_data.fit.linalg import solve_spd, svd
 
 __all__ = ["face_size", "hartley_normalisation", "estimate_affine_camera", "affine_to_similarity",
            "optimal_scale_translation", "umeyama_similarity"]
+
+_RIDGE4 = 1e-12 * np.eye(4)
+_CYC1, _CYC2 = np.array([1, 2, 0]), np.array([2, 0, 1])  # (a x b)_i = a_{i+1} b_{i+2} - a_{i+2} b_{i+1}
+
+
+def _centred(points: np.ndarray, weights: np.ndarray):
+    """``points`` ``(..., N, D)`` (zeroed where the weight is 0) minus their
+    weighted centroid, the centroid ``(..., D)`` and the weight sums ``(...)``
+    (at least 1e-300)."""
+    w = weights[..., None]
+    P = np.where(w > 0, points, 0.0)
+    wsum = np.maximum(weights.sum(-1), 1e-300)
+    c = (w * P).sum(-2) / wsum[..., None]
+    return P - c[..., None, :], c, wsum
 
 
 def face_size(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -28,12 +42,8 @@ def face_size(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     points must have weight 0).  Returns ``(...)``.  This is the scale used by
     Hartley normalisation and the face-size normalisation of the data term.
     """
-    w = weights[..., None]
-    P = np.where(w > 0, points, 0.0)
-    wsum = np.maximum(weights.sum(-1), 1e-300)
-    c = (w * P).sum(-2) / wsum[..., None]
-    d2 = (weights * ((P - c[..., None, :]) ** 2).sum(-1)).sum(-1) / wsum
-    return np.sqrt(d2)
+    P0, _, wsum = _centred(points, weights)
+    return np.sqrt((weights * (P0**2).sum(-1)).sum(-1) / wsum)
 
 
 def hartley_normalisation(points: np.ndarray, weights: np.ndarray):
@@ -45,12 +55,10 @@ def hartley_normalisation(points: np.ndarray, weights: np.ndarray):
     scale (B,))`` with ``normalised = (points - centroid) * scale``.
     """
     D = points.shape[-1]
-    w = weights[..., None]
-    P = np.where(w > 0, points, 0.0)
-    c = (w * P).sum(1) / np.maximum(weights.sum(1), 1e-300)[:, None]
-    rms = face_size(points, weights)
+    P0, c, wsum = _centred(points, weights)
+    rms = np.sqrt((weights * (P0**2).sum(-1)).sum(-1) / wsum)  # face_size
     scale = np.sqrt(D) / np.maximum(rms, 1e-300)
-    return (P - c[:, None, :]) * scale[:, None, None], c, scale
+    return P0 * scale[:, None, None], c, scale
 
 
 def estimate_affine_camera(image_points: np.ndarray, model_points: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -68,12 +76,12 @@ def estimate_affine_camera(image_points: np.ndarray, model_points: np.ndarray, w
     """
     xn, cx, sx = hartley_normalisation(image_points, weights)
     Xn, cX, sX = hartley_normalisation(model_points, weights)
-    Xh = np.concatenate([Xn, np.ones(Xn.shape[:2] + (1,))], axis=-1)  # (B,N,4)
-    wX = Xh * weights[..., None]
-    G = np.einsum("bni,bnj->bij", wX, Xh)  # (B,4,4)
-    G += 1e-12 * np.eye(4)
-    rhs = np.einsum("bni,bnk->bik", wX, xn)  # (B,4,2)
-    Pn = solve_spd(G, rhs).transpose(0, 2, 1)  # (B,2,4)
+    B, N = weights.shape
+    Xh = np.empty((B, N, 6))  # [Xn, 1, xn]: the normal matrix and right-hand side in one product
+    Xh[..., :3], Xh[..., 3], Xh[..., 4:] = Xn, 1.0, xn
+    Gr = (Xh[..., :4] * weights[..., None]).transpose(0, 2, 1) @ Xh  # (B,4,6)
+    G = Gr[:, :, :4] + _RIDGE4
+    Pn = solve_spd(G, Gr[:, :, 4:]).transpose(0, 2, 1)  # (B,2,4)
     # Denormalise: x = cx + (1/sx) * (Mn (sX (X - cX)) + mn)
     M = Pn[:, :, :3] * (sX / sx)[:, None, None]
     m = cx + Pn[:, :, 3] / sx[:, None] - np.einsum("bij,bj->bi", M, cX)
@@ -92,10 +100,11 @@ def affine_to_similarity(affine: np.ndarray, image_points: np.ndarray, model_poi
 
     Returns ``(s (B,), R (B, 3, 3), t (B, 2))`` in the posed model frame.
     """
-    U, d, Vt = np.linalg.svd(affine[:, :, :3], full_matrices=False)  # U (B,2,2), Vt (B,2,3)
-    R2 = U @ Vt
-    r3 = np.cross(R2[:, 0], R2[:, 1])
-    R = np.concatenate([R2, r3[:, None, :]], axis=1)
+    U, d, Vt = svd(affine[:, :, :3])  # U (B,2,2), Vt (B,2,3)
+    R = np.empty((len(U), 3, 3))
+    R2 = R[:, :2] = U @ Vt
+    a, b = R2[:, 0], R2[:, 1]
+    R[:, 2] = a[:, _CYC1] * b[:, _CYC2] - a[:, _CYC2] * b[:, _CYC1]  # a x b
     s, t = optimal_scale_translation(R2, image_points, model_points, weights)
     return s, R, t
 
@@ -105,8 +114,9 @@ def optimal_scale_translation(Rp, obs, X, weights):
     rotation part ``Rp`` ``(B, D, 3)``; ``obs`` ``(B, N, D)``."""
     w = weights[..., None]
     wsum = np.maximum(weights.sum(1), 1e-300)[:, None]
-    obs0 = np.where(w > 0, obs, 0.0)
-    X0 = np.where(w > 0, X, 0.0)
+    observed = w > 0
+    obs0 = np.where(observed, obs, 0.0)
+    X0 = np.where(observed, X, 0.0)
     co = (w * obs0).sum(1) / wsum
     cX = (w * X0).sum(1) / wsum
     RX = np.einsum("bdc,bnc->bnd", Rp, X0 - cX[:, None])

@@ -149,4 +149,7 @@ class FitConfig:
         return self.regularisation if self.expression_regularisation is None else self.expression_regularisation
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(FitConfig))

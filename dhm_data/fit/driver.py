@@ -140,9 +140,9 @@ def initial_state(p: Problem) -> State:
     rows = np.tile(prep.base_rows, (B, 1))
     alpha = np.zeros((B, prep.A.shape[2]))
     beta = np.zeros((B, prep.Bx.shape[2]))
-    S0 = shape_rows(prep, np.maximum(rows, 0), alpha, beta)
+    S0 = np.broadcast_to(prep.mean[np.maximum(prep.base_rows, 0)], (B, N_LANDMARKS, 3))  # the mean shape
     s, R, t = p.pose(a, S0, p.base_w * prep.mapped[None])
-    if p.config.march_iterations > 0:
+    if p.config.march_iterations > 0 and prep.contour_rows is not None:
         rows = p.march(a, rows, R, alpha, beta, s, t)
     return State(s, R, t, alpha, beta, rows, np.zeros(B, np.int64), np.zeros(B, bool))
 
@@ -319,21 +319,26 @@ def fit(
     n_points = valid.sum(1)
     fittable = n_points >= config.min_points
 
-    out = {
-        "pose_para": np.full((B, 7), np.nan),
-        "shape_para": np.full((B, K), np.nan),
-        "exp_para": np.full((B, E), np.nan),
-        "iterations": np.zeros(B, np.int64),
-        "converged": np.zeros(B, bool),
-        "landmark_rows": np.tile(prep.base_rows, (B, 1)),
-    }
     todo = np.flatnonzero(fittable)
-    for start in range(0, len(todo), config.batch_size):
-        sel = todo[start : start + config.batch_size]
-        st = _fit_batch(prep, obs2[sel], None if z is None else z[sel], valid[sel], config)
-        out["pose_para"][sel] = camera.srt_to_pose_para(st.s, st.R, st.t)
-        out["shape_para"][sel], out["exp_para"][sel] = st.alpha, st.beta
-        out["iterations"][sel], out["converged"][sel], out["landmark_rows"][sel] = st.iterations, st.converged, st.rows
+    if 0 < len(todo) == B <= config.batch_size:  # one batch of every image: its state is the result
+        st = _fit_batch(prep, obs2, z, valid, config)
+        out = {"pose_para": camera.srt_to_pose_para(st.s, st.R, st.t), "shape_para": st.alpha, "exp_para": st.beta,
+               "iterations": st.iterations, "converged": st.converged, "landmark_rows": st.rows}
+    else:
+        out = {
+            "pose_para": np.full((B, 7), np.nan),
+            "shape_para": np.full((B, K), np.nan),
+            "exp_para": np.full((B, E), np.nan),
+            "iterations": np.zeros(B, np.int64),
+            "converged": np.zeros(B, bool),
+            "landmark_rows": np.tile(prep.base_rows, (B, 1)),
+        }
+        for start in range(0, len(todo), config.batch_size):
+            sel = todo[start : start + config.batch_size]
+            st = _fit_batch(prep, obs2[sel], None if z is None else z[sel], valid[sel], config)
+            out["pose_para"][sel] = camera.srt_to_pose_para(st.s, st.R, st.t)
+            out["shape_para"][sel], out["exp_para"][sel] = st.alpha, st.beta
+            out["iterations"][sel], out["converged"][sel], out["landmark_rows"][sel] = st.iterations, st.converged, st.rows
 
     rows = out["landmark_rows"]
     vertices = np.where(rows >= 0, prep.vertices[np.maximum(rows, 0)], -1)
@@ -341,8 +346,9 @@ def fit(
     fitted[:, ~lm_mask] = np.nan
     vertices[:, ~lm_mask] = -1
     residual, residual_px = fit_residuals(fitted, lm, valid)
-    residual = np.where(fittable, residual, np.nan)
-    residual_px = np.where(fittable, residual_px, np.nan)
+    if len(todo) < B:
+        residual = np.where(fittable, residual, np.nan)
+        residual_px = np.where(fittable, residual_px, np.nan)
     return FitResult(
         pose_para=out["pose_para"],
         shape_para=out["shape_para"],
@@ -392,7 +398,8 @@ def posed_model_landmarks(model: MorphableModel, shape_para, exp_para, pose_para
 
 def _posed_landmarks(prep, rows, alpha, beta, pose, h):
     """Fitted landmarks ``(B, 68, 3)`` in 0-based image pixels."""
-    S = shape_rows(prep, np.maximum(rows, 0), np.nan_to_num(alpha), np.nan_to_num(beta))
+    # images not fitted have NaN coefficients (and pose): evaluated at 0, then set NaN below
+    S = shape_rows(prep, np.maximum(rows, 0), np.where(np.isfinite(alpha), alpha, 0.0), np.where(np.isfinite(beta), beta, 0.0))
     P = camera.model_to_image(S, pose, h)
     P[~np.isfinite(pose).all(1)] = np.nan
     return P

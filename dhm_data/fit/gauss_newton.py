@@ -25,6 +25,14 @@ from dhm_data.fit.model_rows import Prepared, gather_gram, project_coefficients,
 _EPS = np.zeros((3, 3, 3))
 _EPS[0, 1, 2] = _EPS[1, 2, 0] = _EPS[2, 0, 1] = 1.0
 _EPS[0, 2, 1] = _EPS[2, 1, 0] = _EPS[1, 0, 2] = -1.0
+#: ``k @ _SKEW`` is the cross-product matrix ``[k]_x`` flattened: ``[k]_x[i, j] = -eps_ijl k_l``
+_SKEW = -_EPS.transpose(2, 0, 1).reshape(3, 9)
+#: the pose Jacobian's shape-dependent columns as one contraction with a
+#: point ``S``: ``sum_j S_j G[j, q, k] r_k`` is ``(S x r)_q`` for ``q < 3``
+#: and ``S . r`` for ``q = 3`` (``r`` a rotation row)
+_POSE_GEN = np.concatenate([_EPS.transpose(1, 0, 2), np.eye(3)[:, None, :]], axis=1)
+_POSE_GEN12 = _POSE_GEN.reshape(12, 3)  # (j, q) x k
+_I3 = np.eye(3)
 
 __all__ = ["rodrigues", "map_cost", "landmark_movement", "joint_gauss_newton_step", "converged_mask"]
 
@@ -32,13 +40,11 @@ __all__ = ["rodrigues", "map_cost", "landmark_movement", "joint_gauss_newton_ste
 def rodrigues(omega: np.ndarray) -> np.ndarray:
     """Rotation matrix ``exp([omega]_x)`` ``(B, 3, 3)`` of axis-angle vectors
     ``(B, 3)`` (Rodrigues' formula)."""
-    th = np.linalg.norm(omega, axis=1)
+    th = np.sqrt((omega * omega).sum(1))
     k = omega / np.maximum(th, 1e-300)[:, None]
-    Kx = np.zeros((len(omega), 3, 3))
-    Kx[:, 0, 1], Kx[:, 0, 2], Kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    Kx[:, 1, 0], Kx[:, 2, 0], Kx[:, 2, 1] = k[:, 2], -k[:, 1], k[:, 0]
+    Kx = (k @ _SKEW).reshape(-1, 3, 3)  # [k]_x
     st, ct = np.sin(th)[:, None, None], np.cos(th)[:, None, None]
-    return np.eye(3) + st * Kx + (1 - ct) * (Kx @ Kx)
+    return _I3 + st * Kx + (1 - ct) * (Kx @ Kx)
 
 
 def map_cost(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw, lam_id, lam_exp, return_prediction=False):
@@ -48,7 +54,7 @@ def map_cost(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw, lam_id, lam_ex
     With ``return_prediction`` also the predicted points ``(B, N, D)``."""
     D = obs.shape[2]
     S = shape_rows(prep, rows, alpha, beta)
-    pred = s[:, None, None] * np.einsum("bdc,bnc->bnd", R[:, :D], S) + t[:, None, :D]
+    pred = s[:, None, None] * (S @ R[:, :D].transpose(0, 2, 1)) + t[:, None, :D]
     res = np.where(rw > 0, obs - pred, 0.0)
     cost = ((rw * res * res).sum((1, 2)) / (s * prep.F) ** 2 + lam_id * (alpha**2 / prep.sigma2).sum(1)
             + lam_exp * (beta**2 / prep.tau2).sum(1))
@@ -84,51 +90,60 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
     ``(B, N, D)`` posed-frame observations, ``rw`` ``(B, N, D)`` row weights,
     ``damping`` ``(B,)``.  Returns the proposed ``(s, R, t, alpha, beta)``.
     """
-    keep = (rw > 0).any(axis=(0, 2))
-    if not keep.all():  # points no image of the batch observes (unmapped): out of the system
-        rows, obs, rw = rows[:, keep], obs[:, keep], rw[:, keep]
+    ok = rw > 0
+    dense = bool(ok.all())  # every row observed (the common case): no masking below
+    if not dense:
+        keep = ok.any(axis=(0, 2))
+        if not keep.all():  # points no image of the batch observes (unmapped): out of the system
+            rows, obs, rw, ok = rows[:, keep], obs[:, keep], rw[:, keep], ok[:, keep]
     B, N, D = obs.shape
+    P = 4 + D
     shared = B == 1 or bool(np.all(rows == rows[:1]))
     r0 = rows[0]
     rset = prep.rowset(r0) if shared else None
-    mu = rset.mean[None] if shared else prep.mean[rows]
     S = shape_rows(prep, rows, alpha, beta)
     Rp = R[:, :D]
     sF = s * prep.F
-    ok = rw > 0
-    # r' = obs - t - s Rp mean: the residual with zero coefficients.
-    Rmu = np.einsum("bdc,nc->bnd", Rp, mu[0]) if shared else np.einsum("bdc,bnc->bnd", Rp, mu)
-    rprime = np.where(ok, obs - t[:, None, :D] - s[:, None, None] * Rmu, 0.0)
-    # Pose Jacobian (B, N, D, P): rotation (3), log-scale (1), translation (D).
-    # d/dw of s Rp R exp([w]_x) S at w = 0 is -s Rp [S]_x, row d: s (S x Rp[d])
-    # (np.cross is faster on batches; one einsum has less call overhead for one face)
-    SxR = np.einsum("ijk,bnj,bdk->bndi", _EPS, S, Rp) if B == 1 else np.cross(S[:, :, None, :], Rp[:, None, :, :])
-    Jw = s[:, None, None, None] * SxR
-    Js = s[:, None, None, None] * np.einsum("bdc,bnc->bnd", Rp, S)[..., None]
-    Jt = np.broadcast_to(np.eye(D), (B, N, D, D))
-    Jq = np.where(ok[..., None], np.concatenate([Jw, Js, Jt], axis=-1), 0.0)
-    P = Jq.shape[-1]
-    rhs = np.concatenate([rprime[..., None], Jq], axis=-1).transpose(0, 2, 1, 3).reshape(B, D * N, 1 + P) / sF[:, None, None]
+    # The system's rows are ordered coordinate-major, (d, n); column 0 is the
+    # residual with zero coefficients r' = obs - t - s Rp mean, columns 1..P
+    # the pose Jacobian: rotation (3), log-scale (1), translation (D).
+    # d/dw of s Rp R exp([w]_x) S at w = 0 is -s Rp [S]_x, row d: s (S x Rp[d]);
+    # d/dlog s is s Rp[d] . S.  Both are S times one (3, 4 D) matrix.
+    RpT = Rp.transpose(0, 2, 1)
+    Rmu = Rp @ (rset.mean.T if shared else prep.mean[rows].transpose(0, 2, 1))  # (B, D, N)
+    J = np.empty((B, D, N, 1 + P))
+    J[..., 0] = obs.transpose(0, 2, 1) - t[:, :D, None] - s[:, None, None] * Rmu
+    JS = S @ (_POSE_GEN12 @ RpT).reshape(B, 3, 4 * D)  # (B, N, 4 * D), columns (q, d)
+    J[..., 1:5] = s[:, None, None, None] * JS.reshape(B, N, 4, D).transpose(0, 3, 1, 2)
+    J[..., 5:] = _I3[:D, None, :D]
+    okT = ok.transpose(0, 2, 1)
+    if not dense:
+        J = np.where(okT[..., None], J, 0.0)
+    rhs = J.reshape(B, D * N, 1 + P) / sF[:, None, None]
     # Kd / (sF)^2 = Rp (Q/lam_id + Qe/lam_exp) Rp^T / F^2 + diag(1 / rw)
     if shared:
         Qc = prep.shared_gram(r0, lam_id, lam_exp)
     else:
         Qc = gather_gram(prep.q9(lam_id, lam_exp), rows)
-    Kd = rotate_gram(Qc, Rp) / prep.F**2
-    okf = ok.transpose(0, 2, 1).reshape(B, D * N)
-    if not okf.all():
+    Kd = rotate_gram(Qc, Rp / prep.F)
+    wf = rw.transpose(0, 2, 1).reshape(B, D * N)
+    if dense:
+        Kd.reshape(B, -1)[:, :: D * N + 1] += 1.0 / wf
+    else:
+        okf = okT.reshape(B, D * N)
         Kd = np.where(okf[:, :, None] & okf[:, None, :], Kd, 0.0)
-    idx = np.arange(N * D)
-    Kd[:, idx, idx] += np.where(okf, 1.0 / np.where(okf, rw.transpose(0, 2, 1).reshape(B, D * N), 1.0), 1.0)
+        Kd.reshape(B, -1)[:, :: D * N + 1] += np.where(okf, 1.0 / np.where(okf, wf, 1.0), 1.0)
     X = solve_spd(Kd, rhs)  # (B, ND, 1+P)
-    Jqf = rhs[..., 1:]
-    H = np.einsum("bmp,bmq->bpq", Jqf, X[..., 1:])
-    g = np.einsum("bmp,bm->bp", Jqf, X[..., 0])
-    dH = np.diagonal(H, axis1=1, axis2=2)
-    H[:, np.arange(P), np.arange(P)] += damping[:, None] * dH + 1e-12 * dH.max(1, keepdims=True) + 1e-300
+    # [r' Jq]^T Kd^-1 [r' Jq]: the reduced pose system H and gradient g in one product
+    HG = rhs.transpose(0, 2, 1) @ X
+    g = HG[:, 1:, 0]
+    H = np.ascontiguousarray(HG[:, 1:, 1:])
+    Hd = H.reshape(B, P * P)[:, :: P + 1]  # a view of the diagonal
+    dH = Hd.copy()
+    Hd += damping[:, None] * dH + 1e-12 * dH.max(1, keepdims=True) + 1e-300
     dq = solve_spd(H, g[..., None])[..., 0]
-    z = (X[..., 0] - np.einsum("bmp,bp->bm", X[..., 1:], dq)).reshape(B, D, N).transpose(0, 2, 1) / sF[:, None, None]
-    v = s[:, None, None] * np.einsum("bdc,bnd->bnc", Rp, z)  # Jc^T z = s [A B]^T Rp^T z
+    z = (X[..., 0] - (X[..., 1:] @ dq[..., None])[..., 0]).reshape(B, D, N) / sF[:, None, None]
+    v = s[:, None, None] * (z.transpose(0, 2, 1) @ Rp)  # (B, N, 3): Jc^T z = s [A B]^T Rp^T z
     if shared:
         vf = v.reshape(B, N * 3)
         alpha_new = (vf @ rset.At.T) * (prep.sigma2 / lam_id)
@@ -138,7 +153,7 @@ def joint_gauss_newton_step(prep: Prepared, rows, s, R, t, alpha, beta, obs, rw,
         alpha_new = pa * (prep.sigma2 / lam_id)
         beta_new = pb * (prep.tau2 / lam_exp)
     R_new = R @ rodrigues(dq[:, :3])
-    s_new = s * np.exp(np.clip(dq[:, 3], -1.0, 1.0))
+    s_new = s * np.exp(np.minimum(np.maximum(dq[:, 3], -1.0), 1.0))
     t_new = t.copy()
     t_new[:, :D] += dq[:, 4:]
     return s_new, R_new, t_new, alpha_new, beta_new
@@ -156,6 +171,6 @@ def converged_mask(movement: np.ndarray, movement_prev: np.ndarray, tolerance: f
     ``(B,)`` bool."""
     rho = np.divide(movement, movement_prev, out=np.full(movement.shape, np.nan),
                     where=(movement_prev > 0) & np.isfinite(movement_prev))
-    rho = np.clip(rho, 0.0, 0.999)
+    rho = np.minimum(np.maximum(rho, 0.0), 0.999)  # NaN stays NaN
     ok = np.isfinite(movement_prev) & (movement * rho / (1.0 - rho) < tolerance)
     return ok | (movement < tolerance * 1e-2)

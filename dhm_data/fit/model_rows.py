@@ -11,6 +11,7 @@ differ between images).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -215,23 +216,20 @@ def rotate_gram(Qr, Rp):
     """``K[b, (a, i), (e, j)] = sum_cd Rp[b,a,c] Qr[(b),i,c,j,d] Rp[b,e,d]``
     (rows ordered coordinate-major: all x rows, then all y rows, ...).
     ``Qr`` is ``(9, N*N)`` shared by the batch (:meth:`Prepared.shared_gram`;
-    one GEMM over the nine ``(c, d)`` blocks per (a, e) block) or
-    ``(B,N,N,9)`` gathered per image.  Each block is written straight into
-    its place.  Returns ``(B, D*N, D*N)``."""
+    one GEMM over the nine ``(c, d)`` blocks for all ``D * D`` (a, e) blocks
+    of every image, then one transposing copy) or ``(B,N,N,9)`` gathered per
+    image.  Returns ``(B, D*N, D*N)``."""
     B, D = Rp.shape[:2]
-    C = np.einsum("bac,bed->baecd", Rp, Rp).reshape(B, D, D, 9)
-    shared = Qr.ndim == 2
-    N = int(round(np.sqrt(Qr.shape[1]))) if shared else Qr.shape[1]
+    C = (Rp[:, :, None, :, None] * Rp[:, None, :, None, :]).reshape(B, D, D, 9)  # Rp[a,c] Rp[e,d]
+    if Qr.ndim == 2:
+        N = math.isqrt(Qr.shape[1])
+        K = (C.reshape(B * D * D, 9) @ Qr).reshape(B, D, D, N, N).transpose(0, 1, 3, 2, 4)
+        return K.reshape(B, D * N, D * N)
+    N = Qr.shape[1]
     K = np.empty((B, D, N, D, N))
-    if shared:
-        Q9 = Qr
-        for a in range(D):
-            for e in range(D):
-                K[:, a, :, e, :] = (C[:, a, e] @ Q9).reshape(B, N, N)
-    else:
-        for a in range(D):
-            for e in range(D):
-                K[:, a, :, e, :] = np.einsum("bijk,bk->bij", Qr, C[:, a, e])
+    for a in range(D):
+        for e in range(D):
+            K[:, a, :, e, :] = np.einsum("bijk,bk->bij", Qr, C[:, a, e])
     return K.reshape(B, D * N, D * N)
 
 
