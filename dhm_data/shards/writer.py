@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhm_data.atomic import atomic_path, json_default, temporary_path
+from dhm_data.atomic import EarlyWriteback, atomic_path, json_default, temporary_path
 from dhm_data.errors import ShardSchemaError
 from dhm_data.shards import schema
 from dhm_data.shards.codecs import h5py_module
@@ -188,6 +188,7 @@ class ShardWriter:
         self.tmp = temporary_path(self.final_path)
         self._crcs = {name: np.zeros(self.n_max, np.uint32) for name in PIXEL_FIELDS}
         self._h = h5py_module().File(self.tmp, "w", track_order=True)
+        self._writeback = EarlyWriteback(self.tmp)  # the final fsync then waits for the last block only
         try:
             for name in PIXEL_FIELDS if self.n_max else ():  # 0 rows: written by write_shard at finish
                 f = FIELD_BY_NAME[name]
@@ -205,6 +206,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Close and delete the temporary file (no final file is created)."""
+        self._writeback.close()
         if self._h is not None:
             try:
                 self._h.close()
@@ -233,6 +235,7 @@ class ShardWriter:
             self._h[name][self.rows:self.rows + b] = block
             self._crcs[name][self.rows:self.rows + b] = schema.codec_for(self.kinds[name]).crcs(block)
         self.rows += b
+        self._writeback.start()
 
     def finish(self, columns: dict, attrs: dict | None = None) -> Path:
         """Write the non-pixel ``columns`` (one row per appended sample) and
@@ -278,6 +281,7 @@ class ShardWriter:
             _write_file_attrs(h, attrs, n, {k: digests[k] for k in schema.FIELD_NAMES}, dims)
             h.close()
             self._h = None
+            self._writeback.close()
             with open(self.tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.tmp, self.final_path)
@@ -296,6 +300,7 @@ class ShardWriter:
             self.abort()
             return write_shard(self.final_path, {}, dict(attrs, dims={"S": self.size}), storage=self.storage)
         old, self._h = self._h, None
+        self._writeback.close()
         oversized = self.tmp.with_name(self.tmp.name + "-oversized")  # the exact shard's writer takes self.tmp
         os.replace(self.tmp, oversized)
         try:
