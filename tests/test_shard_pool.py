@@ -13,7 +13,8 @@ import pytest
 from dhm_data.build import shard_pool
 from dhm_data.build.shard_pool import ShardPool, forking_is_safe, start_pool, stop_pool
 
-pytestmark = pytest.mark.skipif(not forking_is_safe(), reason="workers are forked on Linux only (loky elsewhere)")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="workers are forked on Linux only (loky elsewhere)")
 
 
 def _pid_after(seconds: float, i: int) -> tuple[int, int]:
@@ -79,3 +80,13 @@ def test_a_killed_worker_is_named_and_the_next_build_gets_a_new_pool():
     assert q.map_ordered(_pid_after, [(0.0, 1), (0.0, 2)])[1][1] == 2
     stop_pool()
     assert shard_pool._POOL == []
+
+
+def test_fork_can_be_turned_off_for_loky_workers(monkeypatch):
+    monkeypatch.setenv("DHM_DATA_FORK_WORKERS", "0")
+    assert not forking_is_safe()
+    p = ShardPool(2)
+    assert not p.forked
+    assert [i for _, i in p.map_ordered(_pid_after, [(0.0, i) for i in range(4)])] == [0, 1, 2, 3]
+    monkeypatch.delenv("DHM_DATA_FORK_WORKERS")
+    assert forking_is_safe()

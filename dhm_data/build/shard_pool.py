@@ -249,7 +249,10 @@ def stop_pool() -> None:
 def forking_is_safe() -> bool:
     """Can the workers be forked from this process?  Linux only: macOS
     forbids using its system frameworks in a forked child, Windows has no
-    ``fork``."""
+    ``fork``.  ``DHM_DATA_FORK_WORKERS=0`` asks for loky's fresh interpreters
+    instead (for a host program whose own threads make forking it unsafe)."""
+    if os.environ.get("DHM_DATA_FORK_WORKERS", "1") == "0":
+        return False
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
