@@ -8,8 +8,9 @@ method): a worker is ready within milliseconds, with numpy, OpenCV, h5py and
 dhm-data already imported, instead of paying the second of CPU a fresh
 interpreter costs (measured in docs/performance.md) while the first samples
 wait.  Elsewhere (no ``fork``, or macOS, where forking a process that has
-loaded system frameworks is unsafe) the workers are loky's fresh
-interpreters, the ones joblib's ``loky`` backend uses.  The runner uses the
+loaded system frameworks is unsafe), or with ``DHM_DATA_FORK_WORKERS=0``,
+the workers are loky's fresh interpreters, the ones joblib's ``loky``
+backend uses.  The runner uses the
 pool two ways:
 
 * one unit per process (:meth:`ShardPool.run_each`) when there are at least
@@ -123,32 +124,21 @@ class ShardPool:
         back, whenever no result is ready).  On an error, the items not
         started are dropped and the running ones finish before it is
         raised."""
-        front, back = 0, len(items)
-        running: dict = {}
-        try:
-            while front < back or running:
-                while front < back and len(running) < self.window:
-                    running[self.executor.submit(fn, items[front])] = front
-                    front += 1
-                done = [f for f in running if f.done()]
-                if not done and front < back:
-                    back -= 1
-                    yield fn(items[back])
-                    continue
-                if not done:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    running.pop(f)
-                    yield f.result()
-        except BaseException:
-            wait(running)
-            raise
+        for _, result in self._front_and_back(fn, [(it,) for it in items]):
+            yield result
 
     def map_ordered(self, fn, arg_tuples: list) -> list:
-        """``[fn(*args) for args in arg_tuples]``, run by the workers (from
-        the front) and by this process (from the back, whenever no result is
-        ready)."""
+        """``[fn(*args) for args in arg_tuples]``, run as :meth:`run_each`
+        runs its items."""
         out = [None] * len(arg_tuples)
+        for k, result in self._front_and_back(fn, arg_tuples):
+            out[k] = result
+        return out
+
+    def _front_and_back(self, fn, arg_tuples: list):
+        """Yield ``(k, fn(*arg_tuples[k]))`` as each finishes: the executor
+        gets tasks from the front, at most :attr:`window` at a time; this
+        process runs one from the back whenever none has finished."""
         front, back = 0, len(arg_tuples)
         running: dict = {}
         try:
@@ -159,16 +149,15 @@ class ShardPool:
                 done = [f for f in running if f.done()]
                 if not done and front < back:
                     back -= 1
-                    out[back] = fn(*arg_tuples[back])
+                    yield back, fn(*arg_tuples[back])
                     continue
                 if not done:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
-                    out[running.pop(f)] = f.result()
+                    yield running.pop(f), f.result()
         except BaseException:
             wait(running)
             raise
-        return out
 
     def render_ordered(self, config, strict: bool, blocks: list):
         """Yield, per ``(start, pixel jobs)`` block in order, ``(start, kept,
