@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from conftest import assert_same_contents, reference_path, shard_contents
 
@@ -22,6 +24,11 @@ def test_one_shard_helped_by_workers_equals_one_process(synthetic_tree, tmp_path
     assert s1["written"] == s2["written"] and s1["rejected"] == s2["rejected"]
     assert s1["label_sources"] == s2["label_sources"] and s1["warnings"] == s2["warnings"]
     assert_same_contents(shard_contents(tmp_path / "j1"), shard_contents(tmp_path / "j2"))
+    # the unit record lists every input with the same state (its hash taken by the workers and this process)
+    rec1, rec2 = (json.loads(next((tmp_path / j / ".records" / "prepare").rglob("*.json")).read_text())
+                  for j in ("j1", "j2"))
+    assert len(rec1["inputs"]) == 2 * 80 and rec1["inputs"] == rec2["inputs"]
+    assert all(len(state) == 3 and len(state[2]) == 32 for state in rec2["inputs"].values())
 
 
 def test_bgr_decode_then_rgb_crop_equals_rgb_decode_then_crop():

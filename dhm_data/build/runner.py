@@ -299,7 +299,7 @@ def run_units(
             pool = start_pool(jobs)
             for u in todo:
                 try:
-                    res = _run_one(lambda payload: helped(payload, pool), u)
+                    res = _run_one(lambda payload: helped(payload, pool), u, pool)
                 except Exception as e:
                     raise _unit_failure(u, e, f"failed ({pool.deaths()})" if pool.broken else "failed") from e
                 finished(u, res)
@@ -403,13 +403,25 @@ def _record(layout: BuildLayout, u: Unit, res: tuple) -> None:
         raise _unit_failure(u, e, f"finished but its record {layout.record(u.stage, u.name)} could not be written") from e
 
 
-def _run_one(work, u: Unit) -> tuple:
+def _run_one(work, u: Unit, pool=None) -> tuple:
     """``(result, files state)`` of one unit: the inputs' states are taken
     before the work reads them, the outputs' after it wrote them; the hashing
-    runs where the work runs (a worker process, in parallel)."""
-    inputs = {str(p): file_state(p) for p in u.inputs}
+    runs where the work runs (a worker process, in parallel), the inputs'
+    shared with ``pool``'s workers when the unit is helped by them."""
+    if pool is None:
+        inputs = {str(p): file_state(p) for p in u.inputs}
+    else:
+        paths = [str(p) for p in u.inputs]
+        step = max(1, -(-len(paths) // (4 * pool.jobs)))
+        chunks = pool.map_ordered(_file_states, [(paths[i:i + step],) for i in range(0, len(paths), step)])
+        inputs = dict(zip(paths, (st for c in chunks for st in c)))
     res = work(u.payload)
     return res, {"inputs": inputs, "outputs": files_state(Unit(u.stage, u.name, "", u.outputs, None))["outputs"]}
+
+
+def _file_states(paths: list) -> list:
+    """:func:`file_state` of each path (a task for the pool's workers)."""
+    return [file_state(p) for p in paths]
 
 
 def _call(work, u: Unit):
