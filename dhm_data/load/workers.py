@@ -172,14 +172,14 @@ class WorkerPool:
         try:
             if self.conns[k].poll(timeout):
                 return self.conns[k].recv()
-        except (EOFError, OSError):
-            pass
+        except (EOFError, OSError):   # its end of the pipe closed: the process is ending
+            self.processes[k].join(timeout=5.0)
         self._died()
+        self.close()
         raise LoaderError(f"no message from loader worker {k} in {timeout:.0f} s")
 
-    def _died(self):
-        for p in self.processes:
-            p.join(timeout=1.0 if p.exitcode is None and not p.is_alive() else 0.0)
+    def _died(self) -> None:
+        """LoaderError naming the dead workers' process ids and exit codes, if any."""
         dead = [p for p in self.processes if not p.is_alive()]
         if dead:
             codes = ", ".join(f"pid {p.pid} exit code {p.exitcode}" for p in dead)
