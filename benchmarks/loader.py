@@ -28,7 +28,11 @@ is a fresh dataset and loader, one untimed warm-up epoch (it starts the
 workers, opens the files, maps their pages) and ``--epochs`` timed epochs;
 CPU microseconds per sample count this process and its workers (Linux /proc):
 the work per sample, which a busy machine does not inflate as it inflates
-wall-clock time.
+wall-clock time.  "others": the share of the machine's cores that other
+processes used during the row's best run (Linux /proc/stat).  A row with
+workers needs every core: on a 2-core machine, 50% taken by others halves
+what 2 workers can do but barely touches a run without workers, so compare
+the workers/no-workers ratio only where both rows show ~0%.
 """
 
 from __future__ import annotations
@@ -175,11 +179,20 @@ def _cpu_seconds(pids=()):
     return total
 
 
-def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float]:
-    """(samples/s, CPU us/sample) of one run of the loader configured by
+def _machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine has used since boot (Linux /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float, float]:
+    """(samples/s, CPU us/sample, others' share) of one run of the loader configured by
     ``spec`` (keys: fields, dhm_dtype, check_crc -> ShardDataset; workers,
     copy -> Loader; absent = the code's default), as a training script would
-    write it: ``Loader(ShardDataset(folder, ...), batch_size=64, shuffle=True, seed=0, ...)``."""
+    write it: ``Loader(ShardDataset(folder, ...), batch_size=64, shuffle=True, seed=0, ...)``.
+    Others' share: the CPU time other processes of the machine used during the
+    timed epochs, as a fraction of all its cores (0 = a quiet machine)."""
     ds_kw = {k: spec[k] for k in ("fields", "dhm_dtype", "check_crc") if spec.get(k) is not None}
     ld_kw = {"num_workers": spec["workers"]} if spec.get("workers") else {}
     if spec.get("copy") is not None:
@@ -193,8 +206,10 @@ def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float]:
         pids = pids if pids is not None else [p.pid for p in getattr(ld, "_workers", [])]
         try:
             c0 = _cpu_seconds(pids)
+            m0 = _machine_busy_seconds()
         except OSError:
-            c0 = None
+            c0 = m0 = None
+        w0 = time.perf_counter()
         n, t = 0, 0.0
         for e in range(epochs):
             ld.set_epoch(e)
@@ -202,21 +217,24 @@ def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float]:
             for b in ld:
                 n += len(b["image"])
             t += time.perf_counter() - t0
-        cpu = (_cpu_seconds(pids) - c0) / n * 1e6 if c0 is not None else float("nan")
+        wall = time.perf_counter() - w0
+        own = _cpu_seconds(pids) - c0 if c0 is not None else float("nan")
+        cpu = own / n * 1e6
+        others = max(0.0, (_machine_busy_seconds() - m0 - own) / (wall * os.cpu_count())) if c0 is not None else float("nan")
     finally:
         ld.close()
-    return n / t, cpu
+    return n / t, cpu, others
 
 
-def child_loader_rate(code_dir: Path, folder, spec: dict, epochs: int) -> tuple[float, float]:
+def child_loader_rate(code_dir: Path, folder, spec: dict, epochs: int) -> tuple[float, float, float]:
     """:func:`loader_rate` run by the dhm_data of ``code_dir`` in a child process."""
     env = dict(os.environ, DHM_BENCH_CODE=str(code_dir))
     arg = json.dumps({"folder": str(folder), "spec": spec, "epochs": epochs})
     r = subprocess.run([sys.executable, __file__, "--child", arg], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"child run with {code_dir} failed:\n{r.stderr}")
-    rate, cpu = json.loads(r.stdout.strip().splitlines()[-1])
-    return rate, cpu
+    rate, cpu, others = json.loads(r.stdout.strip().splitlines()[-1])
+    return rate, cpu, others
 
 
 # ------------------------------------------------------------------ floor and peers
@@ -411,7 +429,7 @@ def main(argv=None):
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    ap.add_argument("--repeats", type=int, default=5, help="best of this many runs per row")
     ap.add_argument("--jpeg-samples", type=int, default=1024, help="samples per epoch of the JPEG row")
     ap.add_argument("--dir", type=Path, default=None, help="reuse/keep the synthetic build here")
     ap.add_argument("--dhm-storage", default=None, help="DHM storage of the synthetic build (default: the schema's)")
@@ -462,20 +480,24 @@ def main(argv=None):
     else:
         notes.append("webdataset row skipped: webdataset is not installed (pip install webdataset to add it; "
                      "it is not a dependency of dhm-data)")
-    best = {label: (0.0, float("inf")) for label, _ in rows}
+    # per row: (best samples/s, lowest CPU us/sample, others' share during the best run)
+    best = {label: (0.0, float("inf"), float("nan")) for label, _ in rows}
     for r in range(args.repeats):
         for label, fn in rows:
-            rate, cpu = fn()
-            b_rate, b_cpu = best[label]
-            best[label] = (max(b_rate, rate), min(b_cpu, cpu) if cpu == cpu else b_cpu)
+            rate, cpu, *rest = fn()
+            others = rest[0] if rest else float("nan")
+            b_rate, b_cpu, b_others = best[label]
+            best[label] = (max(b_rate, rate), min(b_cpu, cpu) if cpu == cpu else b_cpu,
+                           others if rate > b_rate else b_others)
         print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     floor = best[rows[len(AFTER_ROWS) + (len(BEFORE_ROWS) if args.before else 0)][0]][0]
     default = best[AFTER_ROWS[1][0]][0]
-    print(f"\n{'reader':82s} {'samples/s':>10s} {'/floor':>7s} {'/default':>9s} {'CPU us/sample':>14s}")
+    print(f"\n{'reader':82s} {'samples/s':>10s} {'/floor':>7s} {'/default':>9s} {'CPU us/sample':>14s} {'others':>7s}")
     for label, _ in rows:
-        rate, cpu = best[label]
+        rate, cpu, others = best[label]
         cpu_s = f"{cpu:>14,.1f}" if cpu != float("inf") else f"{'-':>14s}"
-        print(f"{label:82s} {rate:>10,.0f} {rate / floor:>7.2f} {rate / default:>9.2f} {cpu_s}")
+        others_s = f"{others:>7.0%}" if others == others else f"{'-':>7s}"
+        print(f"{label:82s} {rate:>10,.0f} {rate / floor:>7.2f} {rate / default:>9.2f} {cpu_s} {others_s}")
     for note in notes:
         print(f"note: {note}")
     after = [best[label][0] for label, _ in AFTER_ROWS]
