@@ -435,6 +435,9 @@ def main(argv=None):
     ap.add_argument("--dhm-storage", default=None, help="DHM storage of the synthetic build (default: the schema's)")
     ap.add_argument("--before", type=Path, default=None,
                     help="a checkout of older dhm-data code: its rows are measured too, in child processes")
+    ap.add_argument("--fresh", action="store_true",
+                    help="run every dhm-data row in a fresh child process, as a training script runs "
+                         "(default: in this process, where later loaders reuse memory freed by earlier ones)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -463,7 +466,9 @@ def main(argv=None):
     print(f"best of {args.repeats} runs per row, {args.epochs} timed epochs each; machine: {os.cpu_count()} CPUs, "
           f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
-    rows = [(label, lambda s=spec: loader_rate(split, s, args.epochs)) for label, spec in AFTER_ROWS]
+    here = Path(__file__).resolve().parents[1]
+    rows = [(label, (lambda s=spec: child_loader_rate(here, split, s, args.epochs)) if args.fresh
+             else (lambda s=spec: loader_rate(split, s, args.epochs))) for label, spec in AFTER_ROWS]
     if args.before is not None:
         rows += [(label, lambda s=spec: child_loader_rate(args.before, split, s, args.epochs))
                  for label, spec in BEFORE_ROWS]
