@@ -105,11 +105,10 @@ def anonymous_block(nbytes: int) -> np.ndarray:
 
     Not ``np.empty``: numpy asks the kernel for transparent huge pages on
     blocks of 4 MB and more (``madvise(MADV_HUGEPAGE)``), and on the project's
-    VM a loader without workers writing its batches into such blocks ran
-    25-30% slower than into plain 4 KB pages (13,000-14,000 against
-    17,700-18,000 samples/s, docs/loader.md), which is also what the workers'
-    shared buffer is made of.  The map is unmapped when the array and every
-    view of it are gone.
+    VM a loader without workers, in a fresh process, read 13,000-14,000
+    samples/s into such blocks and 20,500-22,300 into plain 4 KB pages
+    (docs/loader.md), which is also what the workers' shared buffer is made
+    of.  The map is unmapped when the array and every view of it are gone.
     """
     return np.frombuffer(mmap.mmap(-1, max(int(nbytes), 1)), np.uint8, int(nbytes))
 

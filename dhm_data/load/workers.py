@@ -6,8 +6,8 @@ and by every worker, cut into slots of one batch each
 every worker has mapped it.  A task names a batch (by its index in the
 epoch's order, which the worker computes itself) and a slot; the worker reads
 the batch into the slot and sends back only the batch's text fields and
-whatever a transform added.  A task without a slot (every slot is still held by the caller) is
-answered with the whole batch pickled.
+whatever a transform added.  A task without a slot (every slot is still held
+by the caller) is answered with the whole batch pickled.
 """
 
 from __future__ import annotations
