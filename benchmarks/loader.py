@@ -1,6 +1,6 @@
 """Loader throughput on a synthetic build, beside its peers (no real data needed).
 
-    python benchmarks/loader.py [--samples 5200] [--dir DIR] [--repeats 3] [--before CODE_DIR]
+    python benchmarks/loader.py [--samples 5200] [--dir DIR] [--repeats 5] [--before CODE_DIR] [--fresh]
 
 Writes a synthetic split folder with :func:`dhm_data.shards.write_shard`
 (1/f-noise textures passed through JPEG q90 as images: they compress
@@ -20,7 +20,10 @@ landmarks + parameters (``FIELDS``):
   otherwise: it is not a dependency);
 * with ``--before CODE_DIR`` (a checkout of older dhm-data code, e.g. made
   with ``git archive main | tar -x -C /tmp/before``), the same dhm-data rows
-  run by that code in child processes on the same build, in the same run.
+  run by that code in child processes on the same build, in the same run;
+* with ``--fresh``, every dhm-data row of this checkout in a fresh child
+  process too (as a training script runs; by default they run in this
+  process, where later loaders reuse memory freed by earlier ones).
 
 Each row: best of ``--repeats`` runs; the repeats go round all rows in turn,
 so a busy spell of a shared machine spreads over the rows.  Each dhm-data run
