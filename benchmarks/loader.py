@@ -1,6 +1,6 @@
 """Loader throughput on a synthetic build, beside its peers (no real data needed).
 
-    python benchmarks/loader.py [--samples 5200] [--dir DIR] [--repeats 3] [--before CODE_DIR]
+    python benchmarks/loader.py [--samples 5200] [--dir DIR] [--repeats 5] [--before CODE_DIR] [--fresh]
 
 Writes a synthetic split folder with :func:`dhm_data.shards.write_shard`
 (1/f-noise textures passed through JPEG q90 as images: they compress
@@ -20,7 +20,10 @@ landmarks + parameters (``FIELDS``):
   otherwise: it is not a dependency);
 * with ``--before CODE_DIR`` (a checkout of older dhm-data code, e.g. made
   with ``git archive main | tar -x -C /tmp/before``), the same dhm-data rows
-  run by that code in child processes on the same build, in the same run.
+  run by that code in child processes on the same build, in the same run;
+* with ``--fresh``, every dhm-data row of this checkout in a fresh child
+  process too (as a training script runs; by default they run in this
+  process, where later loaders reuse memory freed by earlier ones).
 
 Each row: best of ``--repeats`` runs; the repeats go round all rows in turn,
 so a busy spell of a shared machine spreads over the rows.  Each dhm-data run
@@ -28,7 +31,11 @@ is a fresh dataset and loader, one untimed warm-up epoch (it starts the
 workers, opens the files, maps their pages) and ``--epochs`` timed epochs;
 CPU microseconds per sample count this process and its workers (Linux /proc):
 the work per sample, which a busy machine does not inflate as it inflates
-wall-clock time.
+wall-clock time.  "others": the share of the machine's cores that other
+processes used during the row's best run (Linux /proc/stat).  A row with
+workers needs every core: on a 2-core machine, 50% taken by others halves
+what 2 workers can do but barely touches a run without workers, so compare
+the workers/no-workers ratio only where both rows show ~0%.
 """
 
 from __future__ import annotations
@@ -175,11 +182,20 @@ def _cpu_seconds(pids=()):
     return total
 
 
-def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float]:
-    """(samples/s, CPU us/sample) of one run of the loader configured by
+def _machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine has used since boot (Linux /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float, float]:
+    """(samples/s, CPU us/sample, others' share) of one run of the loader configured by
     ``spec`` (keys: fields, dhm_dtype, check_crc -> ShardDataset; workers,
     copy -> Loader; absent = the code's default), as a training script would
-    write it: ``Loader(ShardDataset(folder, ...), batch_size=64, shuffle=True, seed=0, ...)``."""
+    write it: ``Loader(ShardDataset(folder, ...), batch_size=64, shuffle=True, seed=0, ...)``.
+    Others' share: the CPU time other processes of the machine used during the
+    timed epochs, as a fraction of all its cores (0 = a quiet machine)."""
     ds_kw = {k: spec[k] for k in ("fields", "dhm_dtype", "check_crc") if spec.get(k) is not None}
     ld_kw = {"num_workers": spec["workers"]} if spec.get("workers") else {}
     if spec.get("copy") is not None:
@@ -193,8 +209,10 @@ def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float]:
         pids = pids if pids is not None else [p.pid for p in getattr(ld, "_workers", [])]
         try:
             c0 = _cpu_seconds(pids)
+            m0 = _machine_busy_seconds()
         except OSError:
-            c0 = None
+            c0 = m0 = None
+        w0 = time.perf_counter()
         n, t = 0, 0.0
         for e in range(epochs):
             ld.set_epoch(e)
@@ -202,21 +220,24 @@ def loader_rate(folder, spec: dict, epochs: int) -> tuple[float, float]:
             for b in ld:
                 n += len(b["image"])
             t += time.perf_counter() - t0
-        cpu = (_cpu_seconds(pids) - c0) / n * 1e6 if c0 is not None else float("nan")
+        wall = time.perf_counter() - w0
+        own = _cpu_seconds(pids) - c0 if c0 is not None else float("nan")
+        cpu = own / n * 1e6
+        others = max(0.0, (_machine_busy_seconds() - m0 - own) / (wall * os.cpu_count())) if c0 is not None else float("nan")
     finally:
         ld.close()
-    return n / t, cpu
+    return n / t, cpu, others
 
 
-def child_loader_rate(code_dir: Path, folder, spec: dict, epochs: int) -> tuple[float, float]:
+def child_loader_rate(code_dir: Path, folder, spec: dict, epochs: int) -> tuple[float, float, float]:
     """:func:`loader_rate` run by the dhm_data of ``code_dir`` in a child process."""
     env = dict(os.environ, DHM_BENCH_CODE=str(code_dir))
     arg = json.dumps({"folder": str(folder), "spec": spec, "epochs": epochs})
     r = subprocess.run([sys.executable, __file__, "--child", arg], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"child run with {code_dir} failed:\n{r.stderr}")
-    rate, cpu = json.loads(r.stdout.strip().splitlines()[-1])
-    return rate, cpu
+    rate, cpu, others = json.loads(r.stdout.strip().splitlines()[-1])
+    return rate, cpu, others
 
 
 # ------------------------------------------------------------------ floor and peers
@@ -399,11 +420,9 @@ AFTER_ROWS = [
 #: The same questions asked of the --before code (its own defaults where a key is absent).
 BEFORE_ROWS = [
     ("BEFORE: README snippet (all defaults)", {}),
-    ("BEFORE: fields=FIELDS, dhm_dtype='uint8'", {"fields": FIELDS, "dhm_dtype": "uint8"}),
-    ("BEFORE: fields=FIELDS, uint8, copy=False", {"fields": FIELDS, "dhm_dtype": "uint8", "copy": False}),
-    ("BEFORE: fields=FIELDS, uint8, 2 workers (copy=True)", {"fields": FIELDS, "dhm_dtype": "uint8", "workers": 2}),
-    ("BEFORE: fields=FIELDS, uint8, 2 workers, copy=False",
-     {"fields": FIELDS, "dhm_dtype": "uint8", "workers": 2, "copy": False}),
+    ("BEFORE: defaults, fields=FIELDS", {"fields": FIELDS}),
+    ("BEFORE: defaults, fields=FIELDS, 1 worker", {"fields": FIELDS, "workers": 1}),
+    ("BEFORE: defaults, fields=FIELDS, 2 workers", {"fields": FIELDS, "workers": 2}),
 ]
 
 
@@ -413,12 +432,15 @@ def main(argv=None):
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    ap.add_argument("--repeats", type=int, default=5, help="best of this many runs per row")
     ap.add_argument("--jpeg-samples", type=int, default=1024, help="samples per epoch of the JPEG row")
     ap.add_argument("--dir", type=Path, default=None, help="reuse/keep the synthetic build here")
     ap.add_argument("--dhm-storage", default=None, help="DHM storage of the synthetic build (default: the schema's)")
     ap.add_argument("--before", type=Path, default=None,
                     help="a checkout of older dhm-data code: its rows are measured too, in child processes")
+    ap.add_argument("--fresh", action="store_true",
+                    help="run every dhm-data row in a fresh child process, as a training script runs "
+                         "(default: in this process, where later loaders reuse memory freed by earlier ones)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -447,7 +469,9 @@ def main(argv=None):
     print(f"best of {args.repeats} runs per row, {args.epochs} timed epochs each; machine: {os.cpu_count()} CPUs, "
           f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
-    rows = [(label, lambda s=spec: loader_rate(split, s, args.epochs)) for label, spec in AFTER_ROWS]
+    here = Path(__file__).resolve().parents[1]
+    rows = [(label, (lambda s=spec: child_loader_rate(here, split, s, args.epochs)) if args.fresh
+             else (lambda s=spec: loader_rate(split, s, args.epochs))) for label, spec in AFTER_ROWS]
     if args.before is not None:
         rows += [(label, lambda s=spec: child_loader_rate(args.before, split, s, args.epochs))
                  for label, spec in BEFORE_ROWS]
@@ -464,20 +488,24 @@ def main(argv=None):
     else:
         notes.append("webdataset row skipped: webdataset is not installed (pip install webdataset to add it; "
                      "it is not a dependency of dhm-data)")
-    best = {label: (0.0, float("inf")) for label, _ in rows}
+    # per row: (best samples/s, lowest CPU us/sample, others' share during the best run)
+    best = {label: (0.0, float("inf"), float("nan")) for label, _ in rows}
     for r in range(args.repeats):
         for label, fn in rows:
-            rate, cpu = fn()
-            b_rate, b_cpu = best[label]
-            best[label] = (max(b_rate, rate), min(b_cpu, cpu) if cpu == cpu else b_cpu)
+            rate, cpu, *rest = fn()
+            others = rest[0] if rest else float("nan")
+            b_rate, b_cpu, b_others = best[label]
+            best[label] = (max(b_rate, rate), min(b_cpu, cpu) if cpu == cpu else b_cpu,
+                           others if rate > b_rate else b_others)
         print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     floor = best[rows[len(AFTER_ROWS) + (len(BEFORE_ROWS) if args.before else 0)][0]][0]
     default = best[AFTER_ROWS[1][0]][0]
-    print(f"\n{'reader':82s} {'samples/s':>10s} {'/floor':>7s} {'/default':>9s} {'CPU us/sample':>14s}")
+    print(f"\n{'reader':82s} {'samples/s':>10s} {'/floor':>7s} {'/default':>9s} {'CPU us/sample':>14s} {'others':>7s}")
     for label, _ in rows:
-        rate, cpu = best[label]
+        rate, cpu, others = best[label]
         cpu_s = f"{cpu:>14,.1f}" if cpu != float("inf") else f"{'-':>14s}"
-        print(f"{label:82s} {rate:>10,.0f} {rate / floor:>7.2f} {rate / default:>9.2f} {cpu_s}")
+        others_s = f"{others:>7.0%}" if others == others else f"{'-':>7s}"
+        print(f"{label:82s} {rate:>10,.0f} {rate / floor:>7.2f} {rate / default:>9.2f} {cpu_s} {others_s}")
     for note in notes:
         print(f"note: {note}")
     after = [best[label][0] for label, _ in AFTER_ROWS]
@@ -490,6 +518,8 @@ def main(argv=None):
         old = [best[label][0] for label, _ in BEFORE_ROWS]
         print(f"README snippet before -> after: {old[0]:,.0f} -> {readme:,.0f} samples/s ({readme / old[0]:.2f}x); "
               f"2 workers with the defaults before -> after: {old[3]:,.0f} -> {best[AFTER_ROWS[5][0]][0]:,.0f}")
+        print(f"2 workers / no workers, default settings, BEFORE code: {old[3] / old[1]:.2f}; "
+              f"CPU per sample {best[BEFORE_ROWS[3][0]][1]:,.1f} vs {best[BEFORE_ROWS[1][0]][1]:,.1f} us")
     if tmp is not None:
         tmp.cleanup()
 

@@ -2,6 +2,8 @@
 
 import math
 import multiprocessing as mp
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -249,6 +251,25 @@ def test_abandoned_iteration_and_worker_errors(split_dir):
         with pytest.raises(LoaderError, match="boom in transform"):
             list(ld)
 
+
+
+def test_dead_worker_raises_and_loader_restarts(split_dir):
+    """A worker killed mid-epoch: the loader raises LoaderError naming its
+    process and exit code (no hang), and the next iteration starts new
+    workers that give the same batches as a loader without workers."""
+    ds = ShardDataset(split_dir, fields=["name", "landmarks_2d"])
+    ref = [b["name"].tolist() for b in Loader(ds, batch_size=4, seed=1)]
+    with Loader(ds, batch_size=4, seed=1, num_workers=2, mp_context="fork", timeout=20) as ld:
+        it = iter(ld)
+        assert next(it)["name"].tolist() == ref[0]
+        victim = ld.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(LoaderError, match=f"loader worker process died \\(pid {victim} exit code -9"):
+            for _ in it:
+                pass
+        assert ld.worker_pids == []
+        assert [b["name"].tolist() for b in ld] == ref
+        assert len(ld.worker_pids) == 2 and victim not in ld.worker_pids
 
 # ------------------------------------------------------------------ mirror / flip
 def test_mirror_68_permutation():

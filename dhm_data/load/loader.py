@@ -12,7 +12,7 @@ import numpy as np
 
 from dhm_data.errors import LoaderError
 from dhm_data.load.buffers import BatchLayout, SlotPool
-from dhm_data.load.order import epoch_order, rank_order
+from dhm_data.load.order import loader_order
 from dhm_data.load.workers import WorkerPool
 
 #: Batches kept in process memory for reuse by a loader without workers.
@@ -82,9 +82,13 @@ class Loader:
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Sample indices this rank reads in ``epoch`` (default: the current one)."""
+        return loader_order(self.dataset.lengths, *self._order_key(epoch))
+
+    def _order_key(self, epoch: int | None = None) -> tuple:
+        """The arguments of :func:`loader_order` after the shard lengths."""
         e = self.epoch if epoch is None else int(epoch)
-        full = epoch_order(self.dataset.lengths, self.seed, e, self.shuffle, self.block_size, self.window)
-        return rank_order(full, self.rank, self.world_size, self.batch_size, self.drop_last)
+        return (self.seed, e, self.shuffle, self.block_size, self.window, self.rank, self.world_size,
+                self.batch_size, self.drop_last)
 
     def batches(self, epoch: int | None = None) -> list[np.ndarray]:
         o = self.order(epoch)
@@ -105,10 +109,12 @@ class Loader:
 
     # -------------------------------------------------------------- iteration
     def __iter__(self):
-        batches = self.batches()
+        key = self._order_key()
+        o = loader_order(self.dataset.lengths, *key)
+        batches = [o[i:i + self.batch_size] for i in range(0, len(o), self.batch_size)]
         if self.num_workers == 0:
             return self._iter_local(batches)
-        return self._iter_workers(batches)
+        return self._iter_workers(batches, key)
 
     def _iter_local(self, batches):
         for b, idx in enumerate(batches):
@@ -132,7 +138,7 @@ class Loader:
                                 self.mp_context, self.timeout)
         self._slots = SlotPool(self._layout.slot_bytes, self._pool.buffer, n_slots, grow=False)
 
-    def _iter_workers(self, batches):
+    def _iter_workers(self, batches, order_key):
         self._start_workers()
         pool, slots, layout = self._pool, self._slots, self._layout
         self._gen += 1
@@ -150,7 +156,7 @@ class Loader:
                 if slot is not None:
                     slots.hold(slot)   # None: the caller holds every slot; the batch comes pickled
                 b = state["next"]
-                pool.put((gen, b, slot, batches[b], self._rng_key(b)))
+                pool.put((gen, b, slot, order_key, self._rng_key(b)))
                 state["next"] += 1
                 state["in_flight"] += 1
 

@@ -65,3 +65,13 @@ def rank_order(order: np.ndarray, rank: int, world_size: int, batch_size: int, d
         if need > n:
             order = np.concatenate([order, np.resize(order, need - n)]) if n else order
     return order[rank * per:(rank + 1) * per]
+
+
+def loader_order(lengths, seed: int, epoch: int, shuffle: bool, block_size: int, window: int, rank: int,
+                 world_size: int, batch_size: int, drop_last: bool) -> np.ndarray:
+    """The sample indices one rank reads in one epoch (:func:`epoch_order`,
+    then :func:`rank_order`), batch ``b`` being ``[b * batch_size, (b + 1) *
+    batch_size)`` of them.  The loader and each of its workers compute it from
+    these arguments alone, so a task names a batch by its index."""
+    full = epoch_order(lengths, seed, epoch, shuffle, block_size, window)
+    return rank_order(full, rank, world_size, batch_size, drop_last)
