@@ -19,8 +19,9 @@ seed-paper split) in a child process, so its memory is its own:
 
 * wall time and samples/s of the build (and the full-size time it projects);
 * peak memory: the peak RSS (``VmHWM``) of the build's main process and of
-  its largest loky worker, and the peak of the summed RSS of the whole process
-  tree, sampled from ``/proc`` every 50 ms.  (``getrusage(RUSAGE_SELF)`` of
+  its largest worker, and the peak of the summed RSS of the whole process
+  tree, sampled from ``/proc`` every 50 ms (forked workers share pages with the
+  build process until they write them: the sum counts those twice).  (``getrusage(RUSAGE_SELF)`` of
   the build process is printed too, but Linux starts a child's ``ru_maxrss``
   at its parent's RSS at fork, so it is only an upper bound.)  It must not grow with the dataset: a
   worker holds one shard at a time, the main process only metadata;
@@ -104,8 +105,8 @@ def build(root: Path, out: Path, jobs: int) -> dict:
         while not done.is_set():
             procs = process_tree(p.pid)
             peak["tree"] = max(peak["tree"], sum(r for r, _, _ in procs.values()))
-            for q, (_, hwm, cmd) in procs.items():
-                key = "main" if q == p.pid else ("worker" if "LokyProcess" in cmd else None)
+            for q, (_, hwm, _cmd) in procs.items():
+                key = "main" if q == p.pid else "worker"  # forked workers share the build's command line
                 if key:
                     peak[key] = max(peak[key], hwm)
             time.sleep(0.05)
@@ -214,7 +215,7 @@ def main():
               f"tree), x{b['main_hwm'] / a['main_hwm']:.2f} (main), x{b['worker_hwm'] / a['worker_hwm']:.2f} "
               f"(largest worker); samples/s x{(b['written'] / b['wall']) / (a['written'] / a['wall']):.2f}")
     print("columns: full size = projected build time of all 122,450 samples at this rate; main / worker MiB = peak "
-          "RSS (VmHWM) of the build process / of its largest loky worker; tree MiB = peak of the summed RSS of the "
+          "RSS (VmHWM) of the build process / of its largest worker; tree MiB = peak of the summed RSS of the "
           "build's process tree (/proc, every 50 ms); KiB/sample = shard bytes / samples; folder = whole build "
           "folder; load = Loader samples/s (batch 64, shuffled, image + DHM as stored (uint8) + landmarks + pose)")
     for r in rows:
