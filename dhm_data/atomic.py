@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 from pathlib import Path
@@ -53,17 +52,17 @@ class EarlyWriteback:
 
     def __init__(self, path):
         self._fd = None
-        if _sync_file_range() is None:
-            return
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            self._fd = None
+        self._sync = _sync_file_range()
+        if self._sync is not None:
+            try:
+                self._fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                self._fd = None
 
     def start(self) -> None:
         """Queue the writeback of every dirty page of the file."""
         if self._fd is not None:
-            _sync_file_range()(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start
+            self._sync(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start
 
     def close(self) -> None:
         if self._fd is not None:
@@ -75,20 +74,15 @@ _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>
 
 
 def _sync_file_range():
-    """libc's ``sync_file_range`` (ctypes), or None where there is none."""
-    if not _SYNC:
-        fn = None
-        try:
-            fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            fn = None
-        _SYNC.append(fn)
-    return _SYNC[0]
-
-
-_SYNC: list = []  # the looked-up function, once per process (find_library runs ldconfig)
+    """libc's ``sync_file_range`` (ctypes, from the symbols already loaded),
+    or None where there is none."""
+    try:
+        fn = ctypes.CDLL(None).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def write_bytes(final, data: bytes) -> None:

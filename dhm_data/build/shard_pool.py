@@ -10,8 +10,7 @@ interpreter costs (measured in docs/performance.md) while the first samples
 wait.  Elsewhere (no ``fork``, or macOS, where forking a process that has
 loaded system frameworks is unsafe), or with ``DHM_DATA_FORK_WORKERS=0``,
 the workers are loky's fresh interpreters, the ones joblib's ``loky``
-backend uses.  The runner uses the
-pool two ways:
+backend uses.  The runner uses the pool two ways:
 
 * one unit per process (:meth:`ShardPool.run_each`) when there are at least
   as many units left as processes;
