@@ -90,3 +90,36 @@ def test_fork_can_be_turned_off_for_loky_workers(monkeypatch):
     assert [i for _, i in p.map_ordered(_pid_after, [(0.0, i) for i in range(4)])] == [0, 1, 2, 3]
     monkeypatch.delenv("DHM_DATA_FORK_WORKERS")
     assert forking_is_safe()
+
+
+def _blur_in_worker() -> int:
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(2)
+    img = np.full((800, 800, 3), 7, np.uint8)
+    return int(cv2.GaussianBlur(img, (31, 31), 5)[400, 400, 0])
+
+
+def test_workers_fork_cleanly_after_opencv_ran_its_thread_pool():
+    """OpenCV's worker threads do not survive a fork: a child touching the
+    inherited pool hangs.  A program that used OpenCV in parallel before a
+    -j 2 build (the demo: synth, then build, in one process) must still get
+    working workers, and its own OpenCV threads back."""
+    import cv2
+    import numpy as np
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    img = np.full((1500, 1500, 3), 7, np.uint8)
+    for _ in range(3):
+        cv2.GaussianBlur(img, (31, 31), 5)  # OpenCV's pool is running now
+    p = ShardPool(2)
+    try:
+        p.warm(None)
+        p._warming[0].result(timeout=30)  # the worker's cv2.setNumThreads(1) hung here before
+        assert p.executor.submit(_blur_in_worker).result(timeout=30) == 7
+        assert cv2.getNumThreads() == 2
+    finally:
+        p.shutdown()
+        cv2.setNumThreads(before)

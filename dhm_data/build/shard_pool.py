@@ -33,6 +33,7 @@ import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from dhm_data.build.memory import keep_freed_memory
@@ -82,12 +83,20 @@ class ShardPool:
         functions need (returns at once; the work runs while this process
         goes on).  Forked workers have it already: they only take the
         worker's settings."""
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns about fork() in a process with threads (here
-            # only the BLAS library's idle pool, which re-creates itself in the
-            # child); the workers start before this process starts any thread.
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            self._warming = [self.executor.submit(_warm_worker, reader_name) for _ in range(self.workers)]
+        threads = cv2.getNumThreads()
+        # OpenCV's worker threads do not survive a fork: a child that touches
+        # the pool it inherited (cv2.setNumThreads, any parallel call) hangs
+        # forever.  The pool is stopped while the executor forks its workers
+        # (in the first submit) and this process gets it back afterwards.
+        cv2.setNumThreads(1)
+        try:
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns about fork() in a process with threads (the
+                # BLAS library's idle pool, which re-creates itself in the child).
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                self._warming = [self.executor.submit(_warm_worker, reader_name) for _ in range(self.workers)]
+        finally:
+            cv2.setNumThreads(threads)
 
     def deaths(self) -> str:
         """What ended the pool's dead workers, e.g. ``"worker pid 4711 killed
