@@ -33,6 +33,21 @@ def test_demo_end_to_end(tmp_path):
     assert r.exit_code == 0 and shard.stat().st_mtime_ns == before
 
 
+def test_demo_as_the_readme_runs_it(tmp_path):
+    """`dhm-data demo` with its defaults (two processes), as a new process:
+    the command the README's quick start types.  It synthesises with OpenCV
+    before its -j 2 builds fork their workers, which once hung forever."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "dhm_data", "demo", "--out", str(tmp_path / "demo"), "-n", "12"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "NME balanced mean" in r.stdout
+    for ds, n in (("300wlp", 24), ("aflw2000", 12), ("ls3dw", 12)):
+        assert sum(json.loads((tmp_path / "demo" / "build" / ds / "build.json").read_text())["written"].values()) == n
+
+
 def test_build_status_verify_show(tmp_path, synthetic_tree):
     root = synthetic_tree("aflw2000", 8)
     out = tmp_path / "b"
