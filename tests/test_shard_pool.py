@@ -123,3 +123,37 @@ def test_workers_fork_cleanly_after_opencv_ran_its_thread_pool():
     finally:
         p.shutdown()
         cv2.setNumThreads(before)
+
+
+def _worker_blas_threads() -> list:
+    from dhm_data.build.blas import blas_threads
+
+    return blas_threads()
+
+
+def test_forked_workers_get_their_share_of_blas_threads(pool):
+    """A forked worker would inherit this process's BLAS thread count (all the
+    cores); it gets cpu_count // jobs, as loky's workers got through their
+    environment, so that -j N processes do not oversubscribe the cores."""
+    from dhm_data.build.blas import blas_threads, loaded_openblas
+
+    if not loaded_openblas():
+        pytest.skip("no OpenBLAS loaded in this process (numpy built against another BLAS)")
+    assert pool.blas_threads == max(1, (os.cpu_count() or 1) // 2)
+    got = pool.executor.submit(_worker_blas_threads).result(timeout=30)
+    assert got and set(got) == {pool.blas_threads}, got
+    assert blas_threads() and len(blas_threads()) == len(got)
+
+
+def test_set_blas_threads_sets_every_loaded_openblas():
+    from dhm_data.build.blas import blas_threads, loaded_openblas, set_blas_threads
+
+    if not loaded_openblas():
+        pytest.skip("no OpenBLAS loaded in this process (numpy built against another BLAS)")
+    before = blas_threads()
+    try:
+        assert set_blas_threads(1) == len(before) >= 1
+        assert set(blas_threads()) == {1}
+    finally:
+        for lib_threads in sorted(set(before)):
+            set_blas_threads(lib_threads)

@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dhm_data.build.blas import set_blas_threads
 from dhm_data.build.memory import keep_freed_memory
 from dhm_data.build.prepare_blocks import BlockRenderer
 
@@ -61,15 +62,16 @@ class ShardPool:
         self.workers = max(1, self.jobs - 1)
         #: tasks handed to the executor at once: one running and one queued per worker
         self.window = 2 * self.workers
+        #: BLAS threads per worker: the cores shared out, as joblib gives its workers
+        self.blas_threads = max(1, (os.cpu_count() or 1) // self.jobs)
         self.forked = forking_is_safe()
         if self.forked:
             self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("fork"),
-                                                initializer=_forked_worker_start)
+                                                initializer=_forked_worker_start, initargs=(self.blas_threads,))
         else:
             from joblib.externals.loky import get_reusable_executor  # only where workers cannot be forked
 
-            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))  # what joblib gives each worker
-            env = {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+            env = {k: str(self.blas_threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
             self.executor = get_reusable_executor(max_workers=self.workers, env=env, reuse=True)
 
     @property
@@ -253,11 +255,12 @@ def forking_is_safe() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-def _forked_worker_start() -> None:
+def _forked_worker_start(blas_threads: int) -> None:
     # Ctrl-C reaches the whole process group: the main process stops the
     # build (and the pool); a worker printing its own KeyboardInterrupt would
     # only bury the message that says how to resume.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_blas_threads(blas_threads)
 
 
 class _SlotFile:
