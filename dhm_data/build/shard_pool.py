@@ -64,6 +64,7 @@ class ShardPool:
         self.window = 2 * self.workers
         #: BLAS threads per worker: the cores shared out, as joblib gives its workers
         self.blas_threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.processes: list = []
         self.forked = forking_is_safe()
         if self.forked:
             self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("fork"),
@@ -99,15 +100,19 @@ class ShardPool:
                 self._warming = [self.executor.submit(_warm_worker, reader_name) for _ in range(self.workers)]
         finally:
             cv2.setNumThreads(threads)
+        # the worker processes, kept here: the executor drops its list when it shuts down
+        self.processes = list((getattr(self.executor, "_processes", None) or {}).values())
 
     def deaths(self) -> str:
         """What ended the pool's dead workers, e.g. ``"worker pid 4711 killed
         by SIGKILL (the kernel's out-of-memory killer sends it)"``; empty when
         none died or the executor does not tell."""
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())
-        if self.broken:
-            for p in processes:  # the executor stops the others: wait until it has
-                p.join(timeout=2.0)
+        processes = list(self.processes)
+        manager = getattr(self.executor, "_executor_manager_thread", None)
+        if self.broken and manager is not None:
+            # The executor's own thread stops the other workers and reaps them all:
+            # wait for it rather than race it for their exit statuses.
+            manager.join(timeout=5.0)
         ended = [p for p in processes if p.exitcode not in (None, 0)]
         first = [p for p in ended if p.exitcode != -signal.SIGTERM] or ended  # the others were stopped after it
         out = []
@@ -122,7 +127,7 @@ class ShardPool:
 
     def shutdown(self) -> None:
         """Stop the workers (those in the middle of a task are terminated)."""
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        processes = list(self.processes)
         self.executor.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             if p.is_alive():
