@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from dhm_data.geometry import camera
-from dhm_data.geometry.landmark_error import box_size, mean_error
+from dhm_data.geometry.landmark_error import nme_and_mean_error
 
 __all__ = ["FitResult", "fit_residuals"]
 
@@ -82,13 +82,6 @@ def fit_residuals(fitted: np.ndarray, observed: np.ndarray, valid: np.ndarray):
     """Residuals of fits: ``(NME (B,), mean px error (B,))`` over the points
     ``valid`` ``(B, 68)`` (:mod:`dhm_data.geometry.landmark_error`);
     ``fitted`` ``(B, 68, >=2)``, ``observed`` ``(B, 68, 2)`` pixels.  NaN
-    where an image has no valid point.  The NME is
-    :func:`~dhm_data.geometry.landmark_error.nme`'s definition -- the mean
-    error over :func:`~dhm_data.geometry.landmark_error.box_size` of the
-    observed points present on both sides -- with the mean error evaluated
-    once for both outputs."""
+    where an image has no valid point."""
     used = np.where(valid[..., None], np.asarray(fitted, np.float64)[..., :2], np.nan)
-    px = mean_error(used, observed)
-    shared = np.isfinite(used).all(-1) & np.isfinite(observed).all(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return px / box_size(np.where(shared[..., None], observed, np.nan)), px
+    return nme_and_mean_error(used, observed)

@@ -56,9 +56,16 @@ def nme(pred, gt, dims: int = 2) -> np.ndarray:
     """``(...)`` normalised mean error, a fraction (not %): :func:`mean_error`
     divided by :func:`box_size` of the ground-truth points present on both
     sides.  NaN where no point is shared; inf where their box has no area."""
+    return nme_and_mean_error(pred, gt, dims)[0]
+
+
+def nme_and_mean_error(pred, gt, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``(nme(pred, gt), mean_error(pred, gt))``, the mean error computed
+    once for both (a caller that reports both, e.g. a fit's residuals)."""
     p = np.asarray(pred, np.float64)
     g = np.asarray(gt, np.float64)
     shared = np.isfinite(p[..., :dims]).all(-1) & np.isfinite(g[..., :dims]).all(-1)
     size = box_size(np.where(shared[..., None], g, np.nan))
+    err = mean_error(p, g, dims)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return mean_error(p, g, dims) / size
+        return err / size, err
