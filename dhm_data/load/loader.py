@@ -12,7 +12,7 @@ import numpy as np
 
 from dhm_data.errors import LoaderError
 from dhm_data.load.buffers import BatchLayout, SlotPool
-from dhm_data.load.order import loader_order
+from dhm_data.load.order import OrderKey, batch_indices, loader_order
 from dhm_data.load.workers import WorkerPool
 
 #: Batches kept in process memory for reuse by a loader without workers.
@@ -82,17 +82,18 @@ class Loader:
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Sample indices this rank reads in ``epoch`` (default: the current one)."""
-        return loader_order(self.dataset.lengths, *self._order_key(epoch))
+        return loader_order(self.dataset.lengths, self._order_key(epoch))
 
-    def _order_key(self, epoch: int | None = None) -> tuple:
-        """The arguments of :func:`loader_order` after the shard lengths."""
+    def _order_key(self, epoch: int | None = None) -> OrderKey:
         e = self.epoch if epoch is None else int(epoch)
-        return (self.seed, e, self.shuffle, self.block_size, self.window, self.rank, self.world_size,
-                self.batch_size, self.drop_last)
+        return OrderKey(self.seed, e, self.shuffle, self.block_size, self.window, self.rank, self.world_size,
+                        self.batch_size, self.drop_last)
 
     def batches(self, epoch: int | None = None) -> list[np.ndarray]:
-        o = self.order(epoch)
-        return [o[i:i + self.batch_size] for i in range(0, len(o), self.batch_size)]
+        return self._batches(self.order(epoch))
+
+    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
+        return [batch_indices(order, b, self.batch_size) for b in range(-(-len(order) // self.batch_size))]
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -110,8 +111,7 @@ class Loader:
     # -------------------------------------------------------------- iteration
     def __iter__(self):
         key = self._order_key()
-        o = loader_order(self.dataset.lengths, *key)
-        batches = [o[i:i + self.batch_size] for i in range(0, len(o), self.batch_size)]
+        batches = self._batches(loader_order(self.dataset.lengths, key))
         if self.num_workers == 0:
             return self._iter_local(batches)
         return self._iter_workers(batches, key)

@@ -13,6 +13,8 @@ workers.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from dhm_data.errors import LoaderError
@@ -67,11 +69,30 @@ def rank_order(order: np.ndarray, rank: int, world_size: int, batch_size: int, d
     return order[rank * per:(rank + 1) * per]
 
 
-def loader_order(lengths, seed: int, epoch: int, shuffle: bool, block_size: int, window: int, rank: int,
-                 world_size: int, batch_size: int, drop_last: bool) -> np.ndarray:
+class OrderKey(NamedTuple):
+    """Everything one rank's sample order of one epoch depends on, besides
+    the shard lengths (the loader sends it to its workers with each task)."""
+
+    seed: int
+    epoch: int
+    shuffle: bool
+    block_size: int
+    window: int
+    rank: int
+    world_size: int
+    batch_size: int
+    drop_last: bool
+
+
+def loader_order(lengths, key: OrderKey) -> np.ndarray:
     """The sample indices one rank reads in one epoch (:func:`epoch_order`,
-    then :func:`rank_order`), batch ``b`` being ``[b * batch_size, (b + 1) *
-    batch_size)`` of them.  The loader and each of its workers compute it from
-    these arguments alone, so a task names a batch by its index."""
-    full = epoch_order(lengths, seed, epoch, shuffle, block_size, window)
-    return rank_order(full, rank, world_size, batch_size, drop_last)
+    then :func:`rank_order`).  The loader and each of its workers compute it
+    from ``key`` alone, so a task names a batch by its index
+    (:func:`batch_indices`)."""
+    full = epoch_order(lengths, key.seed, key.epoch, key.shuffle, key.block_size, key.window)
+    return rank_order(full, key.rank, key.world_size, key.batch_size, key.drop_last)
+
+
+def batch_indices(order: np.ndarray, b: int, batch_size: int) -> np.ndarray:
+    """Batch ``b`` of an epoch's ``order``: positions ``[b * batch_size, (b + 1) * batch_size)``."""
+    return order[b * batch_size:(b + 1) * batch_size]

@@ -23,10 +23,7 @@ import numpy as np
 
 from dhm_data.errors import LoaderError
 from dhm_data.load.buffers import buffer_folder, map_shared
-from dhm_data.load.order import loader_order
-
-#: Position of ``batch_size`` in a task's order key (``Loader._order_key``).
-ORDER_KEY_BATCH_SIZE = 7
+from dhm_data.load.order import batch_indices, loader_order
 
 
 def worker_main(dataset, layout, buf_path, n_slots, conn, current_gen, transform):
@@ -34,7 +31,7 @@ def worker_main(dataset, layout, buf_path, n_slots, conn, current_gen, transform
     own pipe ``conn`` -> ``(gen, b, slot, B, extras, error)`` results on the
     same pipe (``None`` task, a closed pipe or a dead parent: exit).  Batch
     ``b`` is rows ``[b * batch_size, (b + 1) * batch_size)`` of
-    ``loader_order(dataset.lengths, *order_key)``, computed here once per
+    ``loader_order(dataset.lengths, order_key)``, computed here once per
     epoch, so a task is a few dozen bytes whatever the batch size."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     mm = map_shared(buf_path, n_slots * layout.slot_bytes)
@@ -57,9 +54,8 @@ def worker_main(dataset, layout, buf_path, n_slots, conn, current_gen, transform
                 continue
             try:
                 if key != order_key:
-                    order_key, order = key, loader_order(dataset.lengths, *key)
-                bs = key[ORDER_KEY_BATCH_SIZE]
-                indices = order[b * bs:(b + 1) * bs]
+                    order_key, order = key, loader_order(dataset.lengths, key)
+                indices = batch_indices(order, b, key.batch_size)
                 conn.send((gen, b, slot, *_fill(dataset, layout, roots, slot, indices, transform, rng_key), None))
             except Exception:   # reported to the loader, which raises it with the batch index
                 conn.send((gen, b, slot, 0, None, traceback.format_exc()))
